@@ -1,0 +1,27 @@
+"""crossent: the cross-entropy family of losses, written once against the Array API standard.
+
+Every function takes arrays of NumPy, PyTorch, JAX, CuPy, Dask or array-api-strict and returns
+arrays of the same library, on the same device, in the same dtype, with the numbers of
+``torch.nn.functional``.
+"""
+
+from ._binary import binary_cross_entropy, binary_cross_entropy_with_logits
+from ._categorical import cross_entropy, cross_entropy_from_probs, nll_loss
+from ._divergence import kl_div
+from ._softmax import log_sigmoid, log_softmax, logsumexp, softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "cross_entropy_from_probs",
+    "kl_div",
+    "log_sigmoid",
+    "log_softmax",
+    "logsumexp",
+    "nll_loss",
+    "softmax",
+]

@@ -1,0 +1,367 @@
+"""Categorical losses: cross-entropy from logits, from log-probabilities, from probabilities."""
+
+from __future__ import annotations
+
+from ._classes import (
+    Classes,
+    check_probabilities,
+    mark_bad,
+    picks,
+    prepare_classes,
+    reduce,
+    take_class,
+)
+from ._delegation import dispatch, silent_edges
+from ._softmax import shifted_log_normalizer
+from ._typing import Array, Namespace
+from ._validation import check_eps, check_unit_interval
+
+__all__ = ["cross_entropy", "cross_entropy_from_probs", "nll_loss"]
+
+_SHAPE_NOTES = """
+    Notes
+    -----
+    **Shape.** With ``C`` classes along ``axis``, the *positions* are the shape of the
+    predictions without the class axis:
+
+    - predictions: ``(N, C)``, ``(C,)``, or ``(N, C, d1, ..., dK)`` with ``axis=1`` (torch's
+      layout); the class axis may be anywhere.
+    - target of class indices: the positions, ``(N,)``, ``()`` or ``(N, d1, ..., dK)``.
+    - target of class probabilities: the shape of the predictions.
+    - output: the positions' shape for ``reduction="none"``; ``()`` otherwise.
+"""
+
+
+@silent_edges
+def cross_entropy(
+    logits: Array,
+    target: Array,
+    *,
+    axis: int = -1,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Array:
+    r"""Cross-entropy between logits and a target of class indices or class probabilities.
+
+    With class indices :math:`y_n` and class weights :math:`w` (all ones by default), the loss of
+    position :math:`n` with smoothing :math:`\varepsilon` over :math:`C` classes is
+
+    .. math::
+
+        \ell_n = (1 - \varepsilon)\, w_{y_n} \left(-\log p_{n, y_n}\right)
+                 + \frac{\varepsilon}{C} \sum_c w_c \left(-\log p_{n, c}\right),
+        \qquad \log p_{n, c} = x_{n, c} - \operatorname{logsumexp}_k x_{n, k}
+
+    and positions whose target is ``ignore_index`` contribute 0. With class probabilities
+    :math:`t_{n, c}`, first smoothed as :math:`(1 - \varepsilon) t + \varepsilon / C`,
+
+    .. math::
+
+        \ell_n = -\sum_c w_c\, t_{n, c} \log p_{n, c}.
+
+    This is ``torch.nn.functional.cross_entropy`` on every backend: its options, its reductions
+    and its numbers (see [1]_ for label smoothing).
+
+    Parameters
+    ----------
+    logits : array
+        Unnormalised log-probabilities, real floating.
+    target : array
+        Class indices (integer dtype), shape of ``logits`` without the class axis; or class
+        probabilities (floating dtype), shape of ``logits``.
+    axis : int, default -1
+        The class axis of ``logits``; ``axis=1`` is torch's ``(N, C, d1, ..., dK)`` layout.
+    weight : array, optional
+        One non-negative weight per class, shape ``(C,)``.
+    ignore_index : int, default -100
+        A class index whose positions contribute nothing, to the loss or to the ``"mean"``
+        denominator. Not used with class probabilities.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` gives one loss per position; ``"sum"`` their sum; ``"mean"`` their sum
+        divided by the total weight of the kept positions (by the number of positions for class
+        probabilities). Every position ignored gives NaN, as torch does.
+    label_smoothing : float in [0, 1], default 0.0
+        Mass moved from the target to the uniform distribution over classes.
+
+    Returns
+    -------
+    array
+        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array of ``logits``' library, or has the wrong dtype.
+    ValueError
+        If shapes do not fit, ``reduction`` or ``label_smoothing`` is out of its set, the
+        arrays are on two devices, or (eager arrays only) a class index is outside ``[0, C)``
+        and is not ``ignore_index``. On lazy arrays (JAX under ``jit``, Dask) such a position
+        gives NaN instead.
+    {shape}
+    float16 and bfloat16 are computed in float32 and returned in their own dtype. No one-hot
+    matrix is made, and for class indices no full log-softmax either: the loss is the log
+    normaliser minus the gathered logit.
+
+    References
+    ----------
+    .. [1] C. Szegedy, V. Vanhoucke, S. Ioffe, J. Shlens, Z. Wojna, "Rethinking the Inception
+       Architecture for Computer Vision", CVPR 2016.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import cross_entropy
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    >>> target = np.array([0, 2])
+    >>> cross_entropy(logits, target)
+    array(0.17545638)
+    >>> cross_entropy(logits, target, reduction="none")
+    array([0.2413113 , 0.10960146])
+    >>> cross_entropy(logits, np.array([0, -100]))  # the second position is ignored
+    array(0.2413113)
+    """
+    p = prepare_classes(
+        "logits",
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        probability_target=True,
+    )
+    smoothing = check_unit_interval("label_smoothing", label_smoothing)
+    return dispatch("cross_entropy", _cross_entropy, p, smoothing)
+
+
+def smoothed_targets(xp: Namespace, target: Array, smoothing: float) -> Array:
+    """Class probabilities with ``smoothing`` of their mass spread evenly over the classes."""
+    if smoothing == 0.0:
+        return target
+    return target * (1.0 - smoothing) + smoothing / target.shape[-1]
+
+
+def _cross_entropy(p: Classes, smoothing: float) -> Array:
+    xp = p.xp
+    shifted, log_norm = shifted_log_normalizer(xp, p.scores)
+    if not p.index_target:
+        target = smoothed_targets(xp, p.target, smoothing)
+        if p.weight is not None:
+            target = target * p.weight
+        loss = log_norm * xp.sum(target, axis=-1) - xp.sum(target * shifted, axis=-1)
+        return reduce(p, loss, None)
+
+    pick = picks(p)
+    nll = log_norm - take_class(xp, shifted, pick.index)
+    loss = pick.weight * nll
+    if smoothing > 0.0:
+        if p.weight is None:
+            smooth = p.num_classes * log_norm - xp.sum(shifted, axis=-1)
+        else:
+            smooth = xp.sum(p.weight) * log_norm - xp.sum(shifted * p.weight, axis=-1)
+        loss = (1.0 - smoothing) * loss + (smoothing / p.num_classes) * smooth
+    # where, not a product: an ignored position's nll may be inf, and 0 * inf is NaN.
+    loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+    return reduce(p, loss, xp.sum(pick.weight))
+
+
+@silent_edges
+def nll_loss(
+    log_probs: Array,
+    target: Array,
+    *,
+    axis: int = -1,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Array:
+    r"""Negative log-likelihood of class indices under given log-probabilities.
+
+    .. math::
+
+        \ell_n = -w_{y_n} \log p_{n, y_n}
+
+    with positions whose target is ``ignore_index`` contributing 0. This is
+    ``torch.nn.functional.nll_loss``; ``nll_loss(log_softmax(x), y) == cross_entropy(x, y)``.
+
+    Parameters
+    ----------
+    log_probs : array
+        Log-probabilities, real floating, for example from :func:`log_softmax`.
+    target : array
+        Class indices (integer dtype), shape of ``log_probs`` without the class axis.
+    axis : int, default -1
+        The class axis of ``log_probs``.
+    weight : array, optional
+        One non-negative weight per class, shape ``(C,)``.
+    ignore_index : int, default -100
+        A class index whose positions contribute nothing.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` divides the sum by the total weight of the kept positions; every position
+        ignored gives NaN.
+
+    Returns
+    -------
+    array
+        Of ``log_probs``' library, device and dtype; 0-d unless ``reduction="none"``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array of ``log_probs``' library, or ``target`` is not integer.
+    ValueError
+        If shapes do not fit, ``reduction`` is unknown, the arrays are on two devices, or
+        (eager arrays only) a class index is outside ``[0, C)`` and is not ``ignore_index``; on
+        lazy arrays such a position gives NaN.
+    {shape}
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import nll_loss
+    >>> log_probs = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    >>> nll_loss(log_probs, np.array([0, 2]), reduction="none")
+    array([0.69314718, 0.22314355])
+    """
+    p = prepare_classes(
+        "log_probs",
+        log_probs,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        probability_target=False,
+    )
+    return dispatch("nll_loss", _nll_loss, p)
+
+
+def _nll_loss(p: Classes) -> Array:
+    xp = p.xp
+    pick = picks(p)
+    loss = -pick.weight * take_class(xp, p.scores, pick.index)
+    loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+    return reduce(p, loss, xp.sum(pick.weight))
+
+
+@silent_edges
+def cross_entropy_from_probs(
+    probs: Array,
+    target: Array,
+    *,
+    axis: int = -1,
+    eps: float | None = None,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Array:
+    r"""Cross-entropy of probabilities, clipped away from 0 and 1 as scikit-learn does.
+
+    .. math::
+
+        \ell_n = -w_{y_n} \log \operatorname{clip}(p_{n, y_n}, \epsilon, 1 - \epsilon)
+
+    for class indices, and :math:`-\sum_c w_c\, t_{n, c} \log \operatorname{clip}(p_{n, c})`
+    for class probabilities (a zero target contributes 0). With the default ``eps`` and
+    ``reduction="mean"`` this equals ``sklearn.metrics.log_loss`` on the same inputs.
+
+    Prefer :func:`cross_entropy` on logits where you have them: clipping biases the loss and
+    zeroes its gradient for probabilities below ``eps``.
+
+    Parameters
+    ----------
+    probs : array
+        Probabilities in [0, 1], real floating.
+    target : array
+        Class indices (integer dtype), shape of ``probs`` without the class axis; or class
+        probabilities (floating dtype), shape of ``probs``.
+    axis : int, default -1
+        The class axis of ``probs``.
+    eps : float in [0, 0.5), optional
+        Clip probabilities to ``[eps, 1 - eps]``; ``None`` means the machine epsilon of
+        ``probs``' dtype (``2.2e-16`` for float64, ``1.2e-7`` for float32).
+    weight : array, optional
+        One non-negative weight per class, shape ``(C,)``.
+    ignore_index : int, default -100
+        A class index whose positions contribute nothing. Not used with class probabilities.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As in :func:`cross_entropy`.
+
+    Returns
+    -------
+    array
+        Of ``probs``' library, device and dtype; 0-d unless ``reduction="none"``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array of ``probs``' library, or has the wrong dtype.
+    ValueError
+        If shapes do not fit, an option is out of its set, the arrays are on two devices, or
+        (eager arrays only) a probability lies outside [0, 1] or a class index outside
+        ``[0, C)``; on lazy arrays such a position gives NaN.
+    {shape}
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import cross_entropy_from_probs
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [1.0, 0.0]])
+    >>> cross_entropy_from_probs(probs, np.array([0, 1, 1]), reduction="none")
+    array([ 0.10536052,  0.22314355, 36.04365339])
+    """
+    p = prepare_classes(
+        "probs",
+        probs,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        probability_target=True,
+    )
+    clip = check_eps(eps)
+    if clip is None:
+        clip = float(p.xp.finfo(p.dtype).eps)
+    if p.eager:
+        check_probabilities(p.xp, "probs", p.scores)
+    return dispatch("cross_entropy_from_probs", _cross_entropy_from_probs, p, clip)
+
+
+def clipped_log(xp: Namespace, probs: Array, eps: float) -> Array:
+    """``log(clip(probs, eps, 1 - eps))``; with ``eps = 0`` a zero gives ``-inf`` and a zero
+    gradient, never NaN."""
+    clipped = xp.clip(probs, eps, 1.0 - eps)
+    if eps > 0.0:
+        return xp.log(clipped)
+    positive = clipped > 0
+    return xp.where(positive, xp.log(xp.where(positive, clipped, 1.0)), -xp.inf)
+
+
+def out_of_unit_interval(xp: Namespace, probs: Array, axis: int | None) -> Array:
+    """Where ``probs`` (reduced along ``axis``) holds a value outside [0, 1]."""
+    outside = (probs < 0) | (probs > 1)
+    return outside if axis is None else xp.any(outside, axis=axis)
+
+
+def _cross_entropy_from_probs(p: Classes, eps: float) -> Array:
+    xp = p.xp
+    bad_rows = None if p.eager else out_of_unit_interval(xp, p.scores, -1)
+    if not p.index_target:
+        target = p.target if p.weight is None else p.target * p.weight
+        terms = xp.where(target == 0, 0.0, target * clipped_log(xp, p.scores, eps))
+        loss = mark_bad(xp, -xp.sum(terms, axis=-1), bad_rows)
+        return reduce(p, loss, None)
+
+    pick = picks(p)
+    picked = take_class(xp, p.scores, pick.index)
+    loss = -pick.weight * clipped_log(xp, picked, eps)
+    loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+    loss = mark_bad(xp, loss, bad_rows)
+    return reduce(p, loss, xp.sum(pick.weight))
+
+
+
+for _public in (cross_entropy, nll_loss, cross_entropy_from_probs):
+    if _public.__doc__:
+        _public.__doc__ = _public.__doc__.replace("{shape}", _SHAPE_NOTES)

@@ -1,0 +1,247 @@
+"""The arguments of a categorical loss, checked once and put in one canonical form.
+
+Every categorical loss (``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``) and its
+gradient work on a :class:`Classes`: the predictions with the class axis moved last and cast to
+the compute dtype, the target as class indices or as class probabilities, and the options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from array_api_compat import device
+
+from ._delegation import as_array, is_eager
+from ._typing import Array, DType, Namespace
+from ._validation import (
+    check_int,
+    check_real_floating,
+    check_reduction,
+    compute_dtype,
+    get_namespace,
+    normalize_axis,
+    shape_str,
+)
+
+
+@dataclass(frozen=True)
+class Classes:
+    """One call of a categorical loss, checked."""
+
+    xp: Namespace
+    #: The predictions (logits, log-probabilities or probabilities), class axis last, in the
+    #: compute dtype (float32 for float16 and bfloat16).
+    scores: Array
+    #: Class indices, shape ``scores.shape[:-1]``; or class probabilities, shape ``scores.shape``
+    #: in the compute dtype.
+    target: Array
+    #: One weight per class, shape ``(C,)``, in the compute dtype; or None.
+    weight: Array | None
+    ignore_index: int
+    reduction: str
+    #: The caller's class axis, non-negative.
+    axis: int
+    #: The dtype of the predictions, and of every result.
+    dtype: DType
+    #: Whether the values of the arrays can be read now (False under jax.jit, on Dask).
+    eager: bool
+
+    @property
+    def index_target(self) -> bool:
+        return bool(self.xp.isdtype(self.target.dtype, "integral"))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.scores.shape[-1])
+
+    @property
+    def num_positions(self) -> int:
+        count = 1
+        for s in self.scores.shape[:-1]:
+            count *= int(s)
+        return count
+
+    def finish(self, out: Array) -> Array:
+        """``out`` in the predictions' dtype, as an array (never a scalar)."""
+        return as_array(self.xp, self.xp.astype(out, self.dtype, copy=False))
+
+    def restore_axis(self, x: Array) -> Array:
+        """An array of the predictions' shape in canonical form, back in the caller's layout."""
+        return self.xp.moveaxis(x, -1, self.axis)
+
+
+def prepare_classes(
+    pred_name: str,
+    predictions: Array,
+    target: Array,
+    *,
+    axis: object,
+    weight: Array | None,
+    ignore_index: object,
+    reduction: object,
+    probability_target: bool,
+) -> Classes:
+    """Check the arguments of a categorical loss and put them in canonical form.
+
+    ``probability_target`` says whether a floating ``target`` of class probabilities is allowed
+    beside class indices.
+    """
+    xp = get_namespace((pred_name, predictions), ("target", target), ("weight", weight))
+    check_real_floating(xp, pred_name, predictions)
+    ax = normalize_axis(pred_name, predictions, axis)
+    reduction = check_reduction(reduction)
+    ignore_index = check_int("ignore_index", ignore_index)
+    shape = tuple(predictions.shape)
+    num_classes = shape[ax]
+    if num_classes == 0:
+        raise ValueError(
+            f"{pred_name} of shape {shape_str(shape)} has no classes along axis {axis}"
+        )
+    dtype = compute_dtype(xp, predictions.dtype)
+    scores = xp.moveaxis(xp.astype(predictions, dtype, copy=False), ax, -1)
+    positions = shape[:ax] + shape[ax + 1 :]
+
+    if xp.isdtype(target.dtype, "integral"):
+        if tuple(target.shape) != positions:
+            raise ValueError(
+                f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
+                f"{pred_name} {shape_str(shape)} without class axis {axis}"
+            )
+        target = _wide_enough(xp, target, num_classes, ignore_index)
+    elif probability_target and xp.isdtype(target.dtype, "real floating"):
+        if tuple(target.shape) != shape:
+            raise ValueError(
+                f"target of class probabilities has shape {shape_str(target.shape)}, expected "
+                f"{shape_str(shape)}, the shape of {pred_name} (class indices would have shape "
+                f"{shape_str(positions)})"
+            )
+        target = xp.moveaxis(xp.astype(target, dtype, copy=False), ax, -1)
+    elif probability_target:
+        raise TypeError(
+            "target must hold class indices (an integer dtype) or class probabilities "
+            f"(a real floating dtype), got {target.dtype}"
+        )
+    else:
+        raise TypeError(
+            f"target must hold class indices, an integer dtype, got {target.dtype}; "
+            "for class probabilities use cross_entropy"
+        )
+
+    if weight is not None:
+        check_real_floating(xp, "weight", weight)
+        if tuple(weight.shape) != (num_classes,):
+            raise ValueError(
+                f"weight has shape {shape_str(weight.shape)}, expected ({num_classes},): one "
+                f"weight per class of {pred_name} {shape_str(shape)} along axis {axis}"
+            )
+        weight = xp.astype(weight, dtype, copy=False)
+
+    problem = Classes(
+        xp=xp,
+        scores=scores,
+        target=target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        axis=ax,
+        dtype=predictions.dtype,
+        eager=is_eager(predictions, target, weight),
+    )
+    if problem.eager and problem.index_target:
+        _check_class_indices(problem)
+    return problem
+
+
+def _wide_enough(xp: Namespace, target: Array, num_classes: int, ignore_index: int) -> Array:
+    """The target in an integer dtype that holds every class number and ``ignore_index``."""
+    info = xp.iinfo(target.dtype)
+    if info.min <= min(ignore_index, 0) and max(ignore_index, num_classes) <= info.max:
+        return target
+    default = xp.__array_namespace_info__().default_dtypes(device=device(target))["integral"]
+    return xp.astype(target, default)
+
+
+def _check_class_indices(p: Classes) -> None:
+    xp, t = p.xp, p.target
+    bad = (t != p.ignore_index) & ((t < 0) | (t >= p.num_classes))
+    if bool(xp.any(bad)):
+        flat_bad = xp.reshape(bad, (-1,))
+        first = xp.argmax(xp.astype(flat_bad, xp.int8))
+        found = int(xp.reshape(t, (-1,))[first])
+        raise ValueError(
+            f"target holds class index {found}, outside [0, {p.num_classes}) and not "
+            f"ignore_index ({p.ignore_index})"
+        )
+
+
+def check_probabilities(xp: Namespace, name: str, x: Array) -> None:
+    """On eager arrays: every value of ``x`` lies in [0, 1] (NaN passes, and gives NaN)."""
+    outside = (x < 0) | (x > 1)
+    if bool(xp.any(outside)):
+        flat = xp.reshape(outside, (-1,))
+        found = float(xp.reshape(x, (-1,))[xp.argmax(xp.astype(flat, xp.int8))])
+        raise ValueError(f"{name} must hold probabilities in [0, 1], found {found}")
+
+
+@dataclass(frozen=True)
+class Picks:
+    """What an index target picks at each position."""
+
+    #: The target with ignored and out-of-range entries replaced by class 0: safe to gather.
+    index: Array
+    #: Whether the position counts: its target is not ``ignore_index``.
+    kept: Array
+    #: The weight of each position's class, 0 where ignored (1 where there is no ``weight``).
+    weight: Array
+    #: Positions whose index is neither a class nor ``ignore_index``; None on eager arrays,
+    #: where such an index raised. Their loss is NaN.
+    bad: Array | None
+
+
+def picks(p: Classes) -> Picks:
+    xp, t = p.xp, p.target
+    dtype = p.scores.dtype
+    kept = t != p.ignore_index
+    in_range = (t >= 0) & (t < p.num_classes)
+    # Clamped before gathering: torch's take_along_axis rejects -100, JAX's clips silently.
+    index = xp.where(in_range, t, 0)
+    if p.weight is None:
+        weight = xp.astype(kept, dtype)
+    else:
+        gathered = xp.take(p.weight, xp.reshape(index, (-1,)), axis=0)
+        weight = xp.where(kept, xp.reshape(gathered, tuple(t.shape)), 0.0)
+    bad = None if p.eager else kept & ~in_range
+    return Picks(index=index, kept=kept, weight=weight, bad=bad)
+
+
+def take_class(xp: Namespace, x: Array, index: Array) -> Array:
+    """``x[..., index[...]]``: the entry of each position's class, class axis last."""
+    if hasattr(xp, "take_along_axis"):
+        return xp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+    # Dask has no take_along_axis: select by comparing with the class numbers, chunk by chunk.
+    classes = xp.arange(x.shape[-1], dtype=index.dtype, device=device(x))
+    return xp.sum(xp.where(index[..., None] == classes, x, 0.0), axis=-1)
+
+
+def mark_bad(xp: Namespace, loss: Array, bad: Array | None) -> Array:
+    """NaN where the input was invalid but could not be checked (lazy arrays)."""
+    if bad is None:
+        return loss
+    return xp.where(bad, xp.nan, loss)
+
+
+def reduce(p: Classes, loss: Array, weight_sum: Array | None) -> Array:
+    """Apply the reduction to per-position losses.
+
+    ``"mean"`` divides by ``weight_sum`` for index targets (the sum of the kept positions'
+    weights, as torch) and by the number of positions for probability targets.
+    """
+    xp = p.xp
+    if p.reduction == "none":
+        return p.finish(loss)
+    total = xp.sum(loss)
+    if p.reduction == "sum":
+        return p.finish(total)
+    if weight_sum is None:
+        return p.finish(total / p.num_positions if p.num_positions else total * xp.nan)
+    return p.finish(total / weight_sum)

@@ -1,0 +1,3 @@
+"""Fast paths for jax arrays."""
+
+from __future__ import annotations

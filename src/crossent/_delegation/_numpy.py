@@ -1,0 +1,3 @@
+"""Fast paths for numpy arrays."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Fast paths for torch arrays."""
+
+from __future__ import annotations

@@ -1,0 +1,173 @@
+"""Argument checks shared by every loss.
+
+Every error names the argument, what was expected and what came. Wrong shapes and values raise
+``ValueError``; wrong dtypes, non-arrays and arrays of two libraries raise ``TypeError``.
+Checks of array *values* run only on eager arrays: see :func:`crossent._delegation.is_eager`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+from ._typing import Array, DType, Namespace
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def shape_str(shape: Sequence[int | None]) -> str:
+    """Format a shape as Python prints a tuple: ``(3,)``, ``(4, 3)``, ``()``."""
+    return str(tuple(shape))
+
+
+def _library(x: object) -> str:
+    cls = type(x)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def get_namespace(
+    predictions: tuple[str, Array], *others: tuple[str, Array | None]
+) -> Namespace:
+    """The ``array_api_compat`` namespace of all the array arguments of one call.
+
+    ``predictions`` is ``(name, array)`` of the first argument; ``others`` are the remaining
+    ``(name, array)`` pairs, where ``None`` means the optional argument was not given.
+    """
+    first_name, first = predictions
+    try:
+        xp = array_namespace(first)
+    except TypeError:
+        raise TypeError(
+            f"{first_name} must be an array of an Array API library (NumPy, PyTorch, JAX, "
+            f"CuPy, Dask, array-api-strict), got {_library(first)}"
+        ) from None
+    for name, value in others:
+        if value is None:
+            continue
+        try:
+            other_xp = array_namespace(value)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be an array of the same library as {first_name} "
+                f"({_library(first)}), got {_library(value)}"
+            ) from None
+        if other_xp is not xp:
+            raise TypeError(
+                f"{first_name} and {name} are arrays of two libraries: {_library(first)} and "
+                f"{_library(value)}; convert one so that both come from the same library"
+            )
+    _check_same_device(predictions, others)
+    return xp
+
+
+def _check_same_device(
+    predictions: tuple[str, Array], others: tuple[tuple[str, Array | None], ...]
+) -> None:
+    first_name, first = predictions
+    first_device = device(first)
+    if first_device is None:  # a traced JAX array: placement is decided by the compiler
+        return
+    for name, value in others:
+        if value is None:
+            continue
+        other_device = device(value)
+        if other_device is not None and other_device != first_device:
+            raise ValueError(
+                f"{first_name} and {name} are on two devices: {first_device} and "
+                f"{other_device}; move one so that both are on the same device"
+            )
+
+
+def check_reduction(reduction: object, allowed: Sequence[str] = REDUCTIONS) -> str:
+    if not isinstance(reduction, str) or reduction not in allowed:
+        expected = ", ".join(repr(r) for r in allowed)
+        raise ValueError(f"reduction must be one of {expected}, got {reduction!r}")
+    return reduction
+
+
+def check_real_floating(xp: Namespace, name: str, x: Array) -> None:
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
+
+
+def check_integer(xp: Namespace, name: str, x: Array, why: str) -> None:
+    if not xp.isdtype(x.dtype, "integral"):
+        raise TypeError(f"{name} {why} must have an integer dtype, got {x.dtype}")
+
+
+def compute_dtype(xp: Namespace, dtype: DType) -> DType:
+    """The dtype a loss is computed in: float32 for float16 and bfloat16, else ``dtype``."""
+    if dtype == xp.float64 or dtype == xp.float32:
+        return dtype
+    return xp.float32
+
+
+def normalize_axis(name: str, x: Array, axis: object) -> int:
+    """``axis`` as a non-negative index into ``x.shape``, checked."""
+    ndim = len(x.shape)
+    axis = check_int("axis", axis)
+    if ndim == 0:
+        raise ValueError(
+            f"{name} must have at least one dimension, the class axis; got shape ()"
+        )
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"axis {axis} is out of range for {name} of shape {shape_str(x.shape)}: "
+            f"expected an int in [{-ndim}, {ndim})"
+        )
+    return axis % ndim
+
+
+_STATIC_HINT = "; under jax.jit, pass it as a static argument"
+
+
+def _python_number(name: str, value: object, kind: type, expected: str) -> Any:
+    # Options are Python numbers, never arrays: their values steer the computation, and an array
+    # may be traced or lazy, where its value cannot be read.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(
+            f"{name} must be a Python {expected}, got {type(value).__name__}{_STATIC_HINT}"
+        )
+    return value
+
+
+def check_unit_interval(name: str, value: object) -> float:
+    number = float(_python_number(name, value, numbers.Real, "float in [0, 1]"))
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return number
+
+
+def check_eps(value: object) -> float | None:
+    """``eps`` for clipping probabilities to ``[eps, 1 - eps]``: ``None`` or a float in [0, 0.5)."""
+    if value is None:
+        return None
+    number = float(_python_number("eps", value, numbers.Real, "float in [0, 0.5) or None"))
+    if not 0.0 <= number < 0.5:
+        raise ValueError(f"eps must be in [0, 0.5), got {value}")
+    return number
+
+
+def check_broadcasts_to(name: str, x: Array, shape: tuple[int, ...], against: str) -> None:
+    """``x`` must broadcast to ``shape`` without enlarging it."""
+    xshape = tuple(x.shape)
+    ok = len(xshape) <= len(shape) and all(
+        s in (1, t) for s, t in zip(reversed(xshape), reversed(shape), strict=False)
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} has shape {shape_str(xshape)}, expected a shape that broadcasts to "
+            f"{against} {shape_str(shape)}"
+        )
+
+
+def check_int(name: str, value: object) -> int:
+    return int(_python_number(name, value, numbers.Integral, "int"))
+
+
+def num_elements(shape: Sequence[Any]) -> int:
+    return math.prod(int(s) for s in shape)
