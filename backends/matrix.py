@@ -45,9 +45,8 @@ def _read(path: Path) -> list[Session]:
                 backend=path.stem,
                 device=kind,
                 module=spec["module"],
-                requirements=tuple(spec.get("requirements", ())) + tuple(
-                    device.get("requirements", ())
-                ),
+                requirements=tuple(spec.get("requirements", ()))
+                + tuple(device.get("requirements", ())),
                 env={**spec.get("env", {}), **device.get("env", {})},
                 test_devices=tuple(device["test_devices"]),
                 available=device.get("available"),

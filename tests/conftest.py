@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from array_api_compat import device as array_device
 from array_api_compat import (
     array_namespace,
     is_array_api_strict_namespace,
@@ -27,10 +26,11 @@ from array_api_compat import (
     is_jax_namespace,
     is_torch_array,
 )
+from array_api_compat import device as array_device
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
-import matrix  # noqa: E402
+import matrix
 
 SESSION = matrix.session()
 for _name, _value in SESSION.env.items():
@@ -124,7 +124,9 @@ def to_xp(xp: Any, device: Any) -> Callable[..., Any]:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """Any backend's array (or a torch tensor) as a NumPy array on the host."""
+    """Any backend's array (or a torch tensor, or a list) as a NumPy array on the host."""
+    if isinstance(x, (int, float, list, tuple, np.ndarray, np.generic)):
+        return np.asarray(x)
     if is_torch_array(x):
         import torch
 
@@ -166,8 +168,7 @@ def assert_close(xp: Any, device: Any) -> Callable[..., None]:
             f"expected the result on {device}, got {array_device(actual)}"
         )
         assert actual.dtype == _dtype(xp, dtype), f"expected dtype {dtype}, got {actual.dtype}"
-        expected = to_numpy(desired) if not isinstance(desired, (int, float)) else desired
-        expected = np.asarray(expected, dtype=np.float64)
+        expected = np.asarray(to_numpy(desired), dtype=np.float64)
         assert tuple(actual.shape) == expected.shape, (
             f"expected shape {expected.shape}, got {tuple(actual.shape)}"
         )
@@ -222,4 +223,3 @@ def lazy(xp: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return func
 
     return wrap
-

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from conftest import to_numpy
 from oracle import T
 
 import crossent
@@ -25,7 +25,9 @@ PRIMITIVES = {
 
 @pytest.mark.parametrize("name", PRIMITIVES)
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
-@pytest.mark.parametrize(("shape", "axis"), [((7,), -1), ((5, 7), -1), ((5, 7), 0), ((2, 3, 4), 1)])
+@pytest.mark.parametrize(
+    ("shape", "axis"), [((7,), -1), ((5, 7), -1), ((5, 7), 0), ((2, 3, 4), 1)]
+)
 def test_equals_torch(name, scale, shape, axis, to_xp, assert_close, lazy):
     ours, theirs = PRIMITIVES[name]
     x = rng.standard_normal(shape) * scale

@@ -212,5 +212,3 @@ def _binary_cross_entropy_with_logits(p: Pointwise) -> Array:
     if p.weight is not None:
         loss = loss * p.weight
     return p.reduce(loss)
-
-

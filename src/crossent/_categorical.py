@@ -361,7 +361,6 @@ def _cross_entropy_from_probs(p: Classes, eps: float) -> Array:
     return reduce(p, loss, xp.sum(pick.weight))
 
 
-
 for _public in (cross_entropy, nll_loss, cross_entropy_from_probs):
     if _public.__doc__:
         _public.__doc__ = _public.__doc__.replace("{shape}", _SHAPE_NOTES)

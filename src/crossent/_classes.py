@@ -107,7 +107,7 @@ def prepare_classes(
                 f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
                 f"{pred_name} {shape_str(shape)} without class axis {axis}"
             )
-        target = _wide_enough(xp, target, num_classes, ignore_index)
+        target = _as_default_integer(xp, target)
     elif probability_target and xp.isdtype(target.dtype, "real floating"):
         if tuple(target.shape) != shape:
             raise ValueError(
@@ -152,13 +152,12 @@ def prepare_classes(
     return problem
 
 
-def _wide_enough(xp: Namespace, target: Array, num_classes: int, ignore_index: int) -> Array:
-    """The target in an integer dtype that holds every class number and ``ignore_index``."""
-    info = xp.iinfo(target.dtype)
-    if info.min <= min(ignore_index, 0) and max(ignore_index, num_classes) <= info.max:
-        return target
+def _as_default_integer(xp: Namespace, target: Array) -> Array:
+    """The target in the namespace's default integer dtype, which every backend gathers with
+    (torch's take_along_dim takes int64 alone) and which holds every class and ``ignore_index``.
+    """
     default = xp.__array_namespace_info__().default_dtypes(device=device(target))["integral"]
-    return xp.astype(target, default)
+    return xp.astype(target, default, copy=False)
 
 
 def _check_class_indices(p: Classes) -> None:

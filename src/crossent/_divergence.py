@@ -80,13 +80,14 @@ def kl_div(
 def _kl_div(p: Pointwise, log_target: bool) -> Array:
     xp = p.xp
     x, t = p.pred, p.target
+    # A zero target contributes exactly 0. The values under the mask are replaced too, so that
+    # no 0 * inf is ever formed: not in the result, not in a gradient, not in a warning.
+    absent = (t == -xp.inf) if log_target else (t == 0)
+    safe_x = xp.where(absent, 0.0, x)
     if log_target:
-        absent = t == -xp.inf
         safe_t = xp.where(absent, 0.0, t)
-        loss = xp.where(absent, 0.0, xp.exp(safe_t) * (safe_t - x))
+        terms = xp.exp(safe_t) * (safe_t - safe_x)
     else:
-        absent = t == 0
         safe_t = xp.where(absent, 1.0, t)
-        loss = xp.where(absent, 0.0, t * (xp.log(safe_t) - x))
-    return p.reduce(loss)
-
+        terms = safe_t * (xp.log(safe_t) - safe_x)
+    return p.reduce(xp.where(absent, 0.0, terms))

@@ -88,8 +88,8 @@ def prepare_pointwise(
     floating = xp.isdtype(target.dtype, "real floating")
     labels = xp.isdtype(target.dtype, ("integral", "bool"))
     if not (floating or (label_target and labels)):
-        expected = "a real floating, integer or bool dtype" if label_target else (
-            "a real floating dtype"
+        expected = (
+            "a real floating, integer or bool dtype" if label_target else ("a real floating dtype")
         )
         raise TypeError(f"target must have {expected}, got {target.dtype}")
     dtype = compute_dtype(xp, pred.dtype)

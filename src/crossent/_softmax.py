@@ -34,6 +34,12 @@ def stable_max(xp: Namespace, x: Array, axis: int | tuple[int, ...]) -> Array:
     Shifting by the maximum keeps ``exp`` in range; a row of all ``-inf`` would otherwise be
     shifted by ``-inf`` and give ``-inf - (-inf) = NaN`` instead of an exact 0 after ``exp``.
     """
+    if 0 in x.shape:  # nothing to shift; Dask's max fails on empty chunks
+        axes = (axis,) if isinstance(axis, int) else axis
+        shape = tuple(
+            1 if a in axes or a - len(x.shape) in axes else s for a, s in enumerate(x.shape)
+        )
+        return xp.zeros(shape, dtype=x.dtype, device=device(x))
     m = xp.max(x, axis=axis, keepdims=True)
     return xp.where(xp.isfinite(m), m, 0.0)
 
@@ -48,9 +54,10 @@ def log_of_sum(xp: Namespace, total: Array) -> Array:
 def shifted_log_normalizer(xp: Namespace, x: Array) -> tuple[Array, Array]:
     """``(x - m, log(sum(exp(x - m))))`` along the last axis, for ``m`` the row maximum.
 
-    ``log_softmax(x) = shifted - log_normalizer[..., None]``, and ``logsumexp = m + log_normalizer``.
-    Keeping the two apart is what makes ``cross_entropy`` exact for large logits: the gathered
-    ``shifted`` value is exact, and the logarithm of a sum between 1 and C loses nothing.
+    ``log_softmax(x) = shifted - log_normalizer[..., None]`` and
+    ``logsumexp = m + log_normalizer``. Keeping the two apart is what makes ``cross_entropy``
+    exact for large logits: the gathered ``shifted`` value is exact, and the logarithm of a sum
+    between 1 and C loses nothing.
     """
     shifted = x - stable_max(xp, x, -1)
     return shifted, log_of_sum(xp, xp.sum(xp.exp(shifted), axis=-1))

@@ -29,9 +29,7 @@ def _library(x: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def get_namespace(
-    predictions: tuple[str, Array], *others: tuple[str, Array | None]
-) -> Namespace:
+def get_namespace(predictions: tuple[str, Array], *others: tuple[str, Array | None]) -> Namespace:
     """The ``array_api_compat`` namespace of all the array arguments of one call.
 
     ``predictions`` is ``(name, array)`` of the first argument; ``others`` are the remaining
@@ -111,9 +109,7 @@ def normalize_axis(name: str, x: Array, axis: object) -> int:
     ndim = len(x.shape)
     axis = check_int("axis", axis)
     if ndim == 0:
-        raise ValueError(
-            f"{name} must have at least one dimension, the class axis; got shape ()"
-        )
+        raise ValueError(f"{name} must have at least one dimension, the class axis; got shape ()")
     if not -ndim <= axis < ndim:
         raise ValueError(
             f"axis {axis} is out of range for {name} of shape {shape_str(x.shape)}: "
@@ -143,7 +139,7 @@ def check_unit_interval(name: str, value: object) -> float:
 
 
 def check_eps(value: object) -> float | None:
-    """``eps`` for clipping probabilities to ``[eps, 1 - eps]``: ``None`` or a float in [0, 0.5)."""
+    """``eps`` for clipping to ``[eps, 1 - eps]``: ``None`` or a float in [0, 0.5)."""
     if value is None:
         return None
     number = float(_python_number("eps", value, numbers.Real, "float in [0, 0.5) or None"))

@@ -16,7 +16,6 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import numpy as np
-
 from array_api_compat import (
     is_jax_array,
     is_jax_namespace,

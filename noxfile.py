@@ -1,0 +1,76 @@
+"""The test matrix, built from ``backends/*.toml``: one ``tests`` session per backend and device.
+
+``nox`` runs every CPU session and ``lint``; ``nox -l`` lists them all;
+``nox -s "tests(backend='jax', device='cpu')"`` runs one. A session whose device this machine
+lacks (no CUDA GPU) skips with a message saying so. ``nox -s docs`` builds the site and
+``nox -s bench`` runs the benchmarks; neither is part of the default run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "backends"))
+import matrix  # noqa: E402
+
+nox.options.default_venv_backend = "venv"  # pip: it finds the CPU build of torch on this disk
+nox.options.reuse_existing_virtualenvs = True
+
+MATRIX = matrix.sessions()
+
+
+def _session_name(s: matrix.Session) -> str:
+    return f"tests(backend='{s.backend}', device='{s.device}')"
+
+
+nox.options.sessions = [_session_name(s) for s in MATRIX if s.device == "cpu"] + ["lint"]
+
+
+def _missing_device(kind: str) -> str | None:
+    """Why this machine has no device of ``kind``, or None when it has one."""
+    if kind == "cpu":
+        return None
+    if kind == "cuda":
+        smi = shutil.which("nvidia-smi")
+        if smi is None:
+            return "no nvidia-smi on PATH, so no NVIDIA driver"
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
+        if listed.returncode != 0 or "GPU" not in listed.stdout:
+            return "nvidia-smi lists no GPU"
+        return None
+    return f"nox knows no device kind {kind!r}"
+
+
+@nox.session
+@nox.parametrize(
+    ("backend", "device"),
+    [(s.backend, s.device) for s in MATRIX],
+    ids=[f"backend='{s.backend}', device='{s.device}'" for s in MATRIX],
+)
+def tests(session: nox.Session, backend: str, device: str) -> None:
+    """The whole test suite on one backend and device, torch in float64 as the oracle."""
+    spec = matrix.session(backend, device)
+    why = _missing_device(device)
+    if why is not None:
+        session.skip(f"not run: {backend} on {device} needs a {device} device here ({why})")
+    session.install("-e", ".[test]", *spec.requirements)
+    env = {**spec.env, matrix.BACKEND_VARIABLE: backend, matrix.DEVICE_VARIABLE: device}
+    args = list(session.posargs)
+    if backend == "numpy" and not args:
+        args = ["tests", "--doctest-modules", "src/crossent"]
+    session.run("python", "-m", "pytest", *args, env=env)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff on everything; mypy, strict, on src/."""
+    session.install("ruff==0.17.6", "mypy==2.4.1", "-e", ".")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")

@@ -1,0 +1,68 @@
+"""The test matrix itself: each session tests the backend it names, and nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import matrix
+import numpy as np
+from conftest import MODULE, SESSION
+
+import crossent
+
+
+def test_arrays_under_test_are_of_the_selected_backend(xp, to_xp, device):
+    # A session must never fall back to NumPy unnoticed: the arrays the tests make, and what
+    # crossent returns for them, belong to the backend the session names.
+    backend_type = type(MODULE.asarray([0.0]))
+    made = to_xp(np.zeros((2, 3)))
+    out = crossent.cross_entropy(made, to_xp(np.array([0, 2])))
+    for array in (made, out):
+        assert isinstance(array, backend_type), f"expected {backend_type}, got {type(array)}"
+        if SESSION.backend != "numpy":
+            assert not isinstance(array, np.ndarray)
+
+
+def test_the_session_is_the_one_nox_asked_for():
+    import os
+
+    assert SESSION.backend == os.environ.get(matrix.BACKEND_VARIABLE, "numpy")
+    assert SESSION.device == os.environ.get(matrix.DEVICE_VARIABLE, "cpu")
+    assert MODULE.__name__ == SESSION.module
+
+
+def test_every_backend_file_is_complete():
+    names = {s.backend for s in matrix.sessions()}
+    assert {"numpy", "torch", "jax", "cupy", "dask", "array_api_strict"} <= names
+    for s in matrix.sessions():
+        assert s.device in ("cpu", "cuda")
+        assert s.test_devices, s
+        if s.device != "cpu":
+            assert s.available, f"{s.backend}/{s.device} must say how to see its device"
+
+
+def test_importing_crossent_imports_no_other_array_library():
+    frameworks = ("torch", "jax", "jaxlib", "cupy", "dask", "array_api_strict", "scipy")
+    code = (
+        "import sys, crossent; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {frameworks!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_main_job_shows_every_backend_agreeing():
+    out = subprocess.run(
+        [sys.executable, "-m", "crossent"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"crossent {crossent.__version__}" in out.stdout
+    assert "installed backends agree" in out.stdout
+    assert "numpy" in out.stdout
+    assert "DISAGREES" not in out.stdout
+
+
+def test_version_is_a_string():
+    assert isinstance(crossent.__version__, str)
+    assert crossent.__version__.count(".") == 2

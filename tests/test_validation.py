@@ -1,0 +1,189 @@
+"""Bad input gets a clear error naming the argument, what was expected and what came."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from array_api_compat import is_array_api_strict_namespace, is_numpy_namespace
+from conftest import to_numpy
+
+import crossent
+
+LOGITS = np.zeros((4, 3))
+TARGET = np.array([0, 1, 2, 1])
+
+
+def test_target_shape_must_fit_the_logits(to_xp):
+    message = r"target has shape \(3,\), expected \(4,\): logits \(4, 3\) without class axis -1"
+    with pytest.raises(ValueError, match=message):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET[:3]))
+
+
+def test_target_shape_with_torch_layout(to_xp):
+    message = (
+        r"target has shape \(2, 3\), expected \(2, 5\): logits \(2, 3, 5\) without class axis 1"
+    )
+    with pytest.raises(ValueError, match=message):
+        crossent.cross_entropy(
+            to_xp(np.zeros((2, 3, 5))), to_xp(np.zeros((2, 3), dtype=np.int64)), axis=1
+        )
+
+
+def test_probability_target_shape(to_xp):
+    message = (
+        r"target of class probabilities has shape \(4, 2\), expected \(4, 3\), the shape of "
+        r"logits \(class indices would have shape \(4,\)\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(np.zeros((4, 2))))
+
+
+def test_index_target_must_be_integer_for_nll_loss(to_xp):
+    message = r"target must hold class indices, an integer dtype, got .*float64"
+    with pytest.raises(TypeError, match=message):
+        crossent.nll_loss(to_xp(LOGITS), to_xp(TARGET.astype(np.float64)))
+
+
+def test_bool_target_is_neither_indices_nor_probabilities(to_xp):
+    message = r"target must hold class indices \(an integer dtype\) or class probabilities"
+    with pytest.raises(TypeError, match=message):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET > 0))
+
+
+def test_weight_length(to_xp):
+    message = (
+        r"weight has shape \(4,\), expected \(3,\): one weight per class of logits \(4, 3\) "
+        r"along axis -1"
+    )
+    with pytest.raises(ValueError, match=message):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET), weight=to_xp(np.ones(4)))
+
+
+def test_weight_dtype(to_xp):
+    with pytest.raises(TypeError, match="weight must have a real floating dtype"):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET), weight=to_xp(np.ones(3, int)))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cross_entropy",
+        "nll_loss",
+        "cross_entropy_from_probs",
+        "binary_cross_entropy",
+        "binary_cross_entropy_with_logits",
+    ],
+)
+def test_unknown_reduction(name, to_xp):
+    target = TARGET if "binary" not in name else np.full((4, 3), 0.5)
+    message = r"reduction must be one of 'none', 'mean', 'sum', got 'avg'"
+    with pytest.raises(ValueError, match=message):
+        getattr(crossent, name)(to_xp(np.full((4, 3), 0.5)), to_xp(target), reduction="avg")
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_label_smoothing_outside_the_unit_interval(value, to_xp):
+    with pytest.raises(ValueError, match=rf"label_smoothing must be in \[0, 1\], got {value}"):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET), label_smoothing=value)
+
+
+def test_label_smoothing_must_be_a_number(to_xp):
+    with pytest.raises(TypeError, match="label_smoothing must be a Python float in"):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET), label_smoothing="0.1")
+
+
+@pytest.mark.parametrize("eps", [-1e-7, 0.5, 2.0])
+def test_eps_out_of_range(eps, to_xp):
+    with pytest.raises(ValueError, match=r"eps must be in \[0, 0.5\)"):
+        crossent.binary_cross_entropy(to_xp(np.full(3, 0.5)), to_xp(np.ones(3)), eps=eps)
+
+
+def test_ignore_index_must_be_an_int(to_xp):
+    with pytest.raises(TypeError, match="ignore_index must be a Python int, got float"):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET), ignore_index=1.0)
+
+
+def test_logits_must_be_floating(to_xp):
+    with pytest.raises(TypeError, match="logits must have a real floating dtype, got"):
+        crossent.cross_entropy(to_xp(TARGET), to_xp(TARGET))
+
+
+def test_logits_need_a_class_axis(to_xp):
+    with pytest.raises(ValueError, match=r"logits must have at least one dimension"):
+        crossent.cross_entropy(to_xp(np.float64(1.0)), to_xp(np.int64(0)))
+
+
+def test_axis_out_of_range(to_xp):
+    with pytest.raises(ValueError, match=r"axis 2 is out of range for logits of shape \(4, 3\)"):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET), axis=2)
+
+
+def test_binary_target_shape(to_xp):
+    message = r"target has shape \(3,\), expected \(4,\), the shape of probs"
+    with pytest.raises(ValueError, match=message):
+        crossent.binary_cross_entropy(to_xp(np.full(4, 0.5)), to_xp(np.ones(3)))
+
+
+def test_weight_must_broadcast_without_enlarging(to_xp):
+    message = r"pos_weight has shape \(4,\), expected a shape that broadcasts to logits \(2, 3\)"
+    with pytest.raises(ValueError, match=message):
+        crossent.binary_cross_entropy_with_logits(
+            to_xp(np.zeros((2, 3))), to_xp(np.ones((2, 3))), pos_weight=to_xp(np.ones(4))
+        )
+
+
+def test_non_array_target():
+    with pytest.raises(TypeError, match="target must be an array of the same library as logits"):
+        crossent.cross_entropy(LOGITS, [0, 1, 2, 1])
+
+
+def test_two_libraries(xp, to_xp):
+    if is_numpy_namespace(xp):
+        import torch
+
+        target = torch.asarray(TARGET)
+    else:
+        target = TARGET  # NumPy
+    message = "logits and target are arrays of two libraries"
+    with pytest.raises(TypeError, match=message):
+        crossent.cross_entropy(to_xp(LOGITS), target)
+
+
+def test_two_devices(xp, to_xp, device):
+    if not is_array_api_strict_namespace(xp):
+        pytest.skip("array-api-strict alone offers a second device on every machine")
+    elsewhere = xp.Device("device2")
+    target = xp.asarray(TARGET, device=elsewhere)
+    with pytest.raises(ValueError, match="logits and target are on two devices"):
+        crossent.cross_entropy(to_xp(LOGITS), target)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cross_entropy",
+        "nll_loss",
+        "cross_entropy_from_probs",
+        "binary_cross_entropy",
+        "binary_cross_entropy_with_logits",
+        "kl_div",
+        "log_softmax",
+    ],
+)
+def test_never_writes_into_the_callers_arrays(name, to_xp):
+    rng = np.random.default_rng(1)
+    scores = rng.dirichlet(np.ones(3), size=4)
+    binary = name.startswith("binary") or name == "kl_div"
+    target = scores[::-1].copy() if binary else TARGET
+    arrays = [to_xp(scores), to_xp(target)]
+    before = [to_numpy(a).copy() for a in arrays]
+    func = getattr(crossent, name)
+    if name == "log_softmax":
+        out = func(arrays[0])
+    elif binary:
+        out = func(*arrays, weight=to_xp(np.ones(3))) if name != "kl_div" else func(*arrays)
+    else:
+        out = func(*arrays, weight=to_xp(np.ones(3)), reduction="none")
+    to_numpy(out)  # compute, where lazy
+    for a, b in zip(arrays, before, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), b)
