@@ -216,7 +216,8 @@ def lazy(xp: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             def built(*args: Any, **kwargs: Any) -> Any:
                 with dask.config.set(scheduler=_forbid_compute):
                     out = func(*args, **kwargs)
-                assert is_dask_array(out), f"expected a Dask array, got {type(out)}"
+                for array in out if isinstance(out, tuple) else (out,):
+                    assert is_dask_array(array), f"expected a Dask array, got {type(array)}"
                 return out
 
             return built

@@ -66,3 +66,14 @@ def test_main_job_shows_every_backend_agreeing():
 def test_version_is_a_string():
     assert isinstance(crossent.__version__, str)
     assert crossent.__version__.count(".") == 2
+
+
+def test_readme_example_runs():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert blocks, "the README has no Python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

@@ -8,6 +8,7 @@ arrays of the same library, on the same device, in the same dtype, with the numb
 from ._binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from ._categorical import cross_entropy, cross_entropy_from_probs, nll_loss
 from ._divergence import kl_div
+from ._gradients import grad, value_and_grad
 from ._softmax import log_sigmoid, log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
@@ -18,10 +19,12 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "cross_entropy_from_probs",
+    "grad",
     "kl_div",
     "log_sigmoid",
     "log_softmax",
     "logsumexp",
     "nll_loss",
     "softmax",
+    "value_and_grad",
 ]

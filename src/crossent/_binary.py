@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ._categorical import out_of_unit_interval
+from ._categorical import clip_probs, out_of_unit_interval
 from ._classes import check_probabilities, mark_bad
 from ._delegation import dispatch, silent_edges
 from ._pointwise import Pointwise, prepare_pointwise
+from ._softmax import softplus_pair
 from ._typing import Array, Namespace
 from ._validation import check_eps
 
@@ -82,13 +83,23 @@ def binary_cross_entropy(
     >>> binary_cross_entropy(probs, target, reduction="none", eps=1e-7)
     array([ 0.10536052,  0.22314355, 16.11809565])
     """
+    p, options = prepare_binary_cross_entropy(
+        probs, target, weight=weight, reduction=reduction, eps=eps
+    )
+    return dispatch("binary_cross_entropy", _binary_cross_entropy, p, *options)
+
+
+def prepare_binary_cross_entropy(
+    probs: Array, target: Array, *, weight: Array | None, reduction: str, eps: float | None
+) -> tuple[Pointwise, tuple[float | None]]:
+    """The checked arguments of :func:`binary_cross_entropy`."""
     p = prepare_pointwise(
         "probs", probs, target, reduction=reduction, weight=weight, label_target=True
     )
     clip = check_eps(eps)
     if p.eager:
         check_probabilities(p.xp, "probs", p.pred)
-    return dispatch("binary_cross_entropy", _binary_cross_entropy, p, clip)
+    return p, (clip,)
 
 
 def floored_logs(xp: Namespace, probs: Array) -> tuple[Array, Array]:
@@ -107,16 +118,38 @@ def floored_logs(xp: Namespace, probs: Array) -> tuple[Array, Array]:
     )
 
 
-def _binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
+#: torch's binary_cross_entropy backward divides by ``max(p (1 - p), 1e-12)``, so that the
+#: gradient is large but finite at probabilities of exactly 0 and 1. Its 1e-12 is a float32
+#: constant: 9.99999996e-13, not the float64 nearest 1e-12.
+GRADIENT_FLOOR = 9.999999960041972e-13
+
+
+def binary_cross_entropy_pass(
+    p: Pointwise, eps: float | None, *, gradient: bool
+) -> tuple[Array, Array | None]:
+    """The elementwise loss, and with ``gradient`` its derivative as torch's backward computes
+    it: ``w (p - t) / max(p (1 - p), 1e-12)``, 0 where ``eps`` clipped ``p``."""
     xp = p.xp
-    probs = p.pred if eps is None else xp.clip(p.pred, eps, 1.0 - eps)
+    probs, inside = (p.pred, None) if eps is None else clip_probs(xp, p.pred, eps)
     log_p, log_not_p = floored_logs(xp, probs)
     loss = -(p.target * log_p + (1.0 - p.target) * log_not_p)
+    grad = None
+    if gradient:
+        grad = (probs - p.target) / xp.maximum(probs * (1.0 - probs), GRADIENT_FLOOR)
+        if inside is not None:
+            grad = xp.where(inside, grad, 0.0)
     if p.weight is not None:
         loss = loss * p.weight
+        grad = None if grad is None else grad * p.weight
     if not p.eager:
-        loss = mark_bad(xp, loss, out_of_unit_interval(xp, p.pred, None))
-    return p.reduce(loss)
+        outside = out_of_unit_interval(xp, p.pred, None)
+        loss = mark_bad(xp, loss, outside)
+        grad = None if grad is None else mark_bad(xp, grad, outside)
+    return loss, grad
+
+
+def _binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
+    return p.reduce(binary_cross_entropy_pass(p, eps, gradient=False)[0])
 
 
 @silent_edges
@@ -186,6 +219,23 @@ def binary_cross_entropy_with_logits(
     >>> binary_cross_entropy_with_logits(logits, target, reduction="none")
     array([4.85873516e-02, 3.13261688e-01, 1.00000000e+04])
     """
+    p, options = prepare_binary_cross_entropy_with_logits(
+        logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction
+    )
+    return dispatch(
+        "binary_cross_entropy_with_logits", _binary_cross_entropy_with_logits, p, *options
+    )
+
+
+def prepare_binary_cross_entropy_with_logits(
+    logits: Array,
+    target: Array,
+    *,
+    weight: Array | None,
+    pos_weight: Array | None,
+    reduction: str,
+) -> tuple[Pointwise, tuple[()]]:
+    """The checked arguments of :func:`binary_cross_entropy_with_logits`."""
     p = prepare_pointwise(
         "logits",
         logits,
@@ -195,20 +245,30 @@ def binary_cross_entropy_with_logits(
         pos_weight=pos_weight,
         label_target=True,
     )
-    return dispatch("binary_cross_entropy_with_logits", _binary_cross_entropy_with_logits, p)
+    return p, ()
+
+
+def binary_cross_entropy_with_logits_pass(
+    p: Pointwise, *, gradient: bool
+) -> tuple[Array, Array | None]:
+    """The elementwise loss, and with ``gradient`` its derivative
+    ``w [sigmoid(x) (1 + (q - 1) t) - q t]``; neither overflows for any logit."""
+    xp = p.xp
+    x, t = p.pred, p.target
+    # -log(1 - sigmoid(x)) = softplus(x) and -log(sigmoid(x)) = softplus(-x); exp(-|x|) gives
+    # the sigmoid on both sides of 0 without overflow.
+    negative_term, positive_term, decay = softplus_pair(xp, x)
+    weighted_target = t if p.pos_weight is None else t * p.pos_weight
+    loss = weighted_target * positive_term + (1.0 - t) * negative_term
+    grad = None
+    if gradient:
+        sigmoid = xp.where(x >= 0, 1.0, decay) / (1.0 + decay)
+        grad = sigmoid * (1.0 - t + weighted_target) - weighted_target
+    if p.weight is not None:
+        loss = loss * p.weight
+        grad = None if grad is None else grad * p.weight
+    return loss, grad
 
 
 def _binary_cross_entropy_with_logits(p: Pointwise) -> Array:
-    xp = p.xp
-    x, t = p.pred, p.target
-    # softplus(x) = -log_sigmoid(-x) and softplus(-x) = -log_sigmoid(x); the two share their
-    # log1p(exp(-|x|)) term, so it is computed once.
-    tail = xp.log1p(xp.exp(-xp.abs(x)))
-    positive_term = xp.maximum(-x, 0.0) + tail
-    negative_term = xp.maximum(x, 0.0) + tail
-    if p.pos_weight is not None:
-        positive_term = positive_term * p.pos_weight
-    loss = t * positive_term + (1.0 - t) * negative_term
-    if p.weight is not None:
-        loss = loss * p.weight
-    return p.reduce(loss)
+    return p.reduce(binary_cross_entropy_with_logits_pass(p, gradient=False)[0])

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from ._classes import (
     Classes,
+    Pass,
+    bad_rows,
     check_probabilities,
+    is_target_class,
     mark_bad,
     picks,
     prepare_classes,
@@ -12,7 +15,7 @@ from ._classes import (
     take_class,
 )
 from ._delegation import dispatch, silent_edges
-from ._softmax import shifted_log_normalizer
+from ._softmax import log_of_sum, stable_max
 from ._typing import Array, Namespace
 from ._validation import check_eps, check_unit_interval
 
@@ -122,6 +125,29 @@ def cross_entropy(
     >>> cross_entropy(logits, np.array([0, -100]))  # the second position is ignored
     array(0.2413113)
     """
+    p, options = prepare_cross_entropy(
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
+    return dispatch("cross_entropy", _cross_entropy, p, *options)
+
+
+def prepare_cross_entropy(
+    logits: Array,
+    target: Array,
+    *,
+    axis: int,
+    weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> tuple[Classes, tuple[float]]:
+    """The checked arguments of :func:`cross_entropy`: the problem and its options."""
     p = prepare_classes(
         "logits",
         logits,
@@ -132,8 +158,7 @@ def cross_entropy(
         reduction=reduction,
         probability_target=True,
     )
-    smoothing = check_unit_interval("label_smoothing", label_smoothing)
-    return dispatch("cross_entropy", _cross_entropy, p, smoothing)
+    return p, (check_unit_interval("label_smoothing", label_smoothing),)
 
 
 def smoothed_targets(xp: Namespace, target: Array, smoothing: float) -> Array:
@@ -143,28 +168,54 @@ def smoothed_targets(xp: Namespace, target: Array, smoothing: float) -> Array:
     return target * (1.0 - smoothing) + smoothing / target.shape[-1]
 
 
-def _cross_entropy(p: Classes, smoothing: float) -> Array:
+def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
+    """Per-position cross-entropy, and with ``gradient`` the gradient of its sum, in one pass.
+
+    The gradient of position n is ``c_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n)
+    - (eps / C) w`` with ``c_n`` the weight the loss gives that position: the softmax comes
+    from the same exponentials as the loss, and the one-hot term is a comparison, never a matrix.
+    """
     xp = p.xp
-    shifted, log_norm = shifted_log_normalizer(xp, p.scores)
+    shifted = p.scores - stable_max(xp, p.scores, -1)
+    exp_shifted = xp.exp(shifted)
+    total = xp.sum(exp_shifted, axis=-1)
+    log_norm = log_of_sum(xp, total)
+
     if not p.index_target:
         target = smoothed_targets(xp, p.target, smoothing)
         if p.weight is not None:
             target = target * p.weight
-        loss = log_norm * xp.sum(target, axis=-1) - xp.sum(target * shifted, axis=-1)
-        return reduce(p, loss, None)
+        mass = xp.sum(target, axis=-1)
+        loss = log_norm * mass - xp.sum(target * shifted, axis=-1)
+        grad = exp_shifted * (mass / total)[..., None] - target if gradient else None
+        return Pass(loss, None, grad)
 
     pick = picks(p)
-    nll = log_norm - take_class(xp, shifted, pick.index)
-    loss = pick.weight * nll
+    loss = pick.weight * (log_norm - take_class(xp, shifted, pick.index))
     if smoothing > 0.0:
-        if p.weight is None:
-            smooth = p.num_classes * log_norm - xp.sum(shifted, axis=-1)
-        else:
-            smooth = xp.sum(p.weight) * log_norm - xp.sum(shifted * p.weight, axis=-1)
+        class_weight_sum = p.num_classes if p.weight is None else xp.sum(p.weight)
+        class_weights = 1.0 if p.weight is None else p.weight
+        smooth = class_weight_sum * log_norm - xp.sum(shifted * class_weights, axis=-1)
         loss = (1.0 - smoothing) * loss + (smoothing / p.num_classes) * smooth
     # where, not a product: an ignored position's nll may be inf, and 0 * inf is NaN.
     loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
-    return reduce(p, loss, xp.sum(pick.weight))
+    if not gradient:
+        return Pass(loss, xp.sum(pick.weight), None)
+
+    kept = xp.astype(pick.kept, loss.dtype)
+    coefficient = (1.0 - smoothing) * pick.weight
+    if smoothing > 0.0:
+        coefficient = coefficient + (smoothing / p.num_classes) * class_weight_sum * kept
+    grad = exp_shifted * (coefficient / total)[..., None]
+    if smoothing > 0.0:
+        grad = grad - (smoothing / p.num_classes) * class_weights * kept[..., None]
+    one_hot_term = ((1.0 - smoothing) * pick.weight)[..., None]
+    grad = xp.where(is_target_class(p, pick), grad - one_hot_term, grad)
+    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, bad_rows(pick)))
+
+
+def _cross_entropy(p: Classes, smoothing: float) -> Array:
+    return reduce(p, cross_entropy_pass(p, smoothing, gradient=False))
 
 
 @silent_edges
@@ -224,6 +275,27 @@ def nll_loss(
     >>> nll_loss(log_probs, np.array([0, 2]), reduction="none")
     array([0.69314718, 0.22314355])
     """
+    p, options = prepare_nll_loss(
+        log_probs,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
+    return dispatch("nll_loss", _nll_loss, p, *options)
+
+
+def prepare_nll_loss(
+    log_probs: Array,
+    target: Array,
+    *,
+    axis: int,
+    weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+) -> tuple[Classes, tuple[()]]:
+    """The checked arguments of :func:`nll_loss`."""
     p = prepare_classes(
         "log_probs",
         log_probs,
@@ -234,15 +306,25 @@ def nll_loss(
         reduction=reduction,
         probability_target=False,
     )
-    return dispatch("nll_loss", _nll_loss, p)
+    return p, ()
 
 
-def _nll_loss(p: Classes) -> Array:
+def nll_loss_pass(p: Classes, *, gradient: bool) -> Pass:
+    """Per-position NLL, and with ``gradient`` the gradient of its sum: ``-w_{y_n}`` at the
+    target class of each kept position, 0 elsewhere."""
     xp = p.xp
     pick = picks(p)
     loss = -pick.weight * take_class(xp, p.scores, pick.index)
     loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
-    return reduce(p, loss, xp.sum(pick.weight))
+    grad = None
+    if gradient:
+        grad = xp.where(is_target_class(p, pick), -pick.weight[..., None], 0.0)
+        grad = mark_bad(xp, grad, bad_rows(pick))
+    return Pass(loss, xp.sum(pick.weight), grad)
+
+
+def _nll_loss(p: Classes) -> Array:
+    return reduce(p, nll_loss_pass(p, gradient=False))
 
 
 @silent_edges
@@ -310,6 +392,29 @@ def cross_entropy_from_probs(
     >>> cross_entropy_from_probs(probs, np.array([0, 1, 1]), reduction="none")
     array([ 0.10536052,  0.22314355, 36.04365339])
     """
+    p, options = prepare_cross_entropy_from_probs(
+        probs,
+        target,
+        axis=axis,
+        eps=eps,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
+    return dispatch("cross_entropy_from_probs", _cross_entropy_from_probs, p, *options)
+
+
+def prepare_cross_entropy_from_probs(
+    probs: Array,
+    target: Array,
+    *,
+    axis: int,
+    eps: float | None,
+    weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+) -> tuple[Classes, tuple[float]]:
+    """The checked arguments of :func:`cross_entropy_from_probs`; ``eps`` resolved."""
     p = prepare_classes(
         "probs",
         probs,
@@ -325,17 +430,23 @@ def cross_entropy_from_probs(
         clip = float(p.xp.finfo(p.dtype).eps)
     if p.eager:
         check_probabilities(p.xp, "probs", p.scores)
-    return dispatch("cross_entropy_from_probs", _cross_entropy_from_probs, p, clip)
+    return p, (clip,)
 
 
-def clipped_log(xp: Namespace, probs: Array, eps: float) -> Array:
-    """``log(clip(probs, eps, 1 - eps))``; with ``eps = 0`` a zero gives ``-inf`` and a zero
-    gradient, never NaN."""
-    clipped = xp.clip(probs, eps, 1.0 - eps)
-    if eps > 0.0:
-        return xp.log(clipped)
-    positive = clipped > 0
-    return xp.where(positive, xp.log(xp.where(positive, clipped, 1.0)), -xp.inf)
+def clip_probs(xp: Namespace, probs: Array, eps: float) -> tuple[Array, Array]:
+    """``clip(probs, eps, 1 - eps)``, and where no clipping happened (bounds included).
+
+    Written as a ``where`` so that autodiff passes the gradient through at the bounds, as
+    torch's ``clamp`` does, where JAX's ``clip`` would halve it.
+    """
+    inside = (probs >= eps) & (probs <= 1.0 - eps)
+    return xp.where(inside, probs, xp.clip(probs, eps, 1.0 - eps)), inside
+
+
+def safe_log(xp: Namespace, x: Array) -> Array:
+    """``log(x)`` for ``x >= 0``: ``-inf`` at 0 with a zero gradient there, never NaN."""
+    positive = x > 0
+    return xp.where(positive, xp.log(xp.where(positive, x, 1.0)), -xp.inf)
 
 
 def out_of_unit_interval(xp: Namespace, probs: Array, axis: int | None) -> Array:
@@ -344,21 +455,38 @@ def out_of_unit_interval(xp: Namespace, probs: Array, axis: int | None) -> Array
     return outside if axis is None else xp.any(outside, axis=axis)
 
 
-def _cross_entropy_from_probs(p: Classes, eps: float) -> Array:
+def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> Pass:
+    """Per-position NLL of clipped probabilities, and with ``gradient`` the gradient of its
+    sum: ``-w t / clip(p)`` where ``p`` was not clipped, 0 where it was."""
     xp = p.xp
-    bad_rows = None if p.eager else out_of_unit_interval(xp, p.scores, -1)
+    outside = None if p.eager else out_of_unit_interval(xp, p.scores, -1)
     if not p.index_target:
         target = p.target if p.weight is None else p.target * p.weight
-        terms = xp.where(target == 0, 0.0, target * clipped_log(xp, p.scores, eps))
-        loss = mark_bad(xp, -xp.sum(terms, axis=-1), bad_rows)
-        return reduce(p, loss, None)
+        clipped, inside = clip_probs(xp, p.scores, eps)
+        absent = target == 0
+        terms = xp.where(absent, 0.0, target * safe_log(xp, clipped))
+        loss = mark_bad(xp, -xp.sum(terms, axis=-1), outside)
+        grad = None
+        if gradient:
+            grad = xp.where(absent | ~inside, 0.0, -target / clipped)
+            grad = mark_bad(xp, grad, None if outside is None else outside[..., None])
+        return Pass(loss, None, grad)
 
     pick = picks(p)
-    picked = take_class(xp, p.scores, pick.index)
-    loss = -pick.weight * clipped_log(xp, picked, eps)
-    loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
-    loss = mark_bad(xp, loss, bad_rows)
-    return reduce(p, loss, xp.sum(pick.weight))
+    clipped, inside = clip_probs(xp, take_class(xp, p.scores, pick.index), eps)
+    loss = -pick.weight * safe_log(xp, clipped)
+    loss = mark_bad(xp, mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad), outside)
+    if not gradient:
+        return Pass(loss, xp.sum(pick.weight), None)
+    at_target = xp.where(pick.kept & inside, -pick.weight / clipped, 0.0)
+    grad = xp.where(is_target_class(p, pick), at_target[..., None], 0.0)
+    grad = mark_bad(xp, grad, bad_rows(pick))
+    outside_rows = None if outside is None else outside[..., None]
+    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, outside_rows))
+
+
+def _cross_entropy_from_probs(p: Classes, eps: float) -> Array:
+    return reduce(p, cross_entropy_from_probs_pass(p, eps, gradient=False))
 
 
 for _public in (cross_entropy, nll_loss, cross_entropy_from_probs):

@@ -222,25 +222,65 @@ def take_class(xp: Namespace, x: Array, index: Array) -> Array:
     return xp.sum(xp.where(index[..., None] == classes, x, 0.0), axis=-1)
 
 
-def mark_bad(xp: Namespace, loss: Array, bad: Array | None) -> Array:
-    """NaN where the input was invalid but could not be checked (lazy arrays)."""
-    if bad is None:
-        return loss
-    return xp.where(bad, xp.nan, loss)
+def is_target_class(p: Classes, pick: Picks) -> Array:
+    """A boolean of the predictions' shape: whether each class is its position's target.
 
-
-def reduce(p: Classes, loss: Array, weight_sum: Array | None) -> Array:
-    """Apply the reduction to per-position losses.
-
-    ``"mean"`` divides by ``weight_sum`` for index targets (the sum of the kept positions'
-    weights, as torch) and by the number of positions for probability targets.
+    A comparison that broadcasts, not a one-hot matrix of floats: JAX fuses it away, and
+    elsewhere it is one byte per entry for the length of one expression.
     """
     xp = p.xp
+    classes = xp.arange(p.num_classes, dtype=pick.index.dtype, device=device(pick.index))
+    return pick.index[..., None] == classes
+
+
+def bad_rows(pick: Picks) -> Array | None:
+    """``pick.bad`` broadcast over the class axis."""
+    return None if pick.bad is None else pick.bad[..., None]
+
+
+def mark_bad(xp: Namespace, x: Array, bad: Array | None) -> Array:
+    """NaN where the input was invalid but could not be checked (lazy arrays)."""
+    if bad is None:
+        return x
+    return xp.where(bad, xp.nan, x)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One evaluation of a categorical loss, before its reduction."""
+
+    #: The loss of each position.
+    loss: Array
+    #: What ``"mean"`` divides the sum by: the kept positions' total weight; None for the
+    #: number of positions.
+    denominator: Array | None
+    #: The gradient of the summed loss with respect to ``scores`` (class axis last), if asked.
+    gradient: Array | None
+
+
+def reduce(p: Classes, result: Pass) -> Array:
+    """Apply the reduction to the per-position losses: ``"mean"`` divides by the total weight
+    of the kept positions for index targets (as torch), by their number for probabilities."""
+    xp, loss = p.xp, result.loss
     if p.reduction == "none":
         return p.finish(loss)
     total = xp.sum(loss)
     if p.reduction == "sum":
         return p.finish(total)
-    if weight_sum is None:
-        return p.finish(total / p.num_positions if p.num_positions else total * xp.nan)
-    return p.finish(total / weight_sum)
+    return p.finish(total / _denominator(p, result))
+
+
+def _denominator(p: Classes, result: Pass) -> Array | float:
+    if result.denominator is not None:
+        return result.denominator
+    return p.num_positions if p.num_positions else p.xp.nan
+
+
+def reduced_gradient(p: Classes, result: Pass) -> Array:
+    """The gradient of the reduced loss in the caller's layout and dtype (``"none"``: of the
+    summed loss)."""
+    assert result.gradient is not None
+    grad = result.gradient
+    if p.reduction == "mean":
+        grad = grad / _denominator(p, result)
+    return p.finish(p.restore_axis(grad))

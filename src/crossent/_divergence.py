@@ -69,15 +69,25 @@ def kl_div(
     >>> kl_div(log_probs, target, reduction="batchmean")
     array(0.34657359)
     """
+    p, options = prepare_kl_div(log_probs, target, reduction=reduction, log_target=log_target)
+    return dispatch("kl_div", _kl_div, p, *options)
+
+
+def prepare_kl_div(
+    log_probs: Array, target: Array, *, reduction: str, log_target: bool
+) -> tuple[Pointwise, tuple[bool]]:
+    """The checked arguments of :func:`kl_div`."""
     p = prepare_pointwise(
         "log_probs", log_probs, target, reduction=reduction, reductions=KL_REDUCTIONS
     )
     if not isinstance(log_target, bool):
         raise TypeError(f"log_target must be a bool, got {type(log_target).__name__}")
-    return dispatch("kl_div", _kl_div, p, log_target)
+    return p, (log_target,)
 
 
-def _kl_div(p: Pointwise, log_target: bool) -> Array:
+def kl_div_pass(p: Pointwise, log_target: bool, *, gradient: bool) -> tuple[Array, Array | None]:
+    """The elementwise divergence, and with ``gradient`` its derivative with respect to
+    ``log_probs``: minus the target probability."""
     xp = p.xp
     x, t = p.pred, p.target
     # A zero target contributes exactly 0. The values under the mask are replaced too, so that
@@ -90,4 +100,12 @@ def _kl_div(p: Pointwise, log_target: bool) -> Array:
     else:
         safe_t = xp.where(absent, 1.0, t)
         terms = safe_t * (xp.log(safe_t) - safe_x)
-    return p.reduce(xp.where(absent, 0.0, terms))
+    loss = xp.where(absent, 0.0, terms)
+    if not gradient:
+        return loss, None
+    probability = xp.exp(safe_t) if log_target else safe_t
+    return loss, xp.where(absent, 0.0, -probability)
+
+
+def _kl_div(p: Pointwise, log_target: bool) -> Array:
+    return p.reduce(kl_div_pass(p, log_target, gradient=False)[0])

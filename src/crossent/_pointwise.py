@@ -52,11 +52,23 @@ class Pointwise:
         total = xp.sum(loss)
         if self.reduction == "sum":
             return self.finish(total)
+        return self.finish(total / self._count())
+
+    def _count(self) -> float:
+        """What ``"mean"`` and ``"batchmean"`` divide by; NaN for an empty mean, as torch."""
+        shape = self.pred.shape
         if self.reduction == "batchmean":
-            count = int(loss.shape[0]) if loss.ndim > 0 else 1
+            count = int(shape[0]) if len(shape) > 0 else 1
         else:
-            count = num_elements(loss.shape)
-        return self.finish(total / count if count else total * xp.nan)
+            count = num_elements(shape)
+        return count if count else float("nan")
+
+    def reduced_gradient(self, grad: Array) -> Array:
+        """The gradient of the reduced loss (``"none"``: of the summed loss), in the
+        predictions' dtype."""
+        if self.reduction in ("mean", "batchmean"):
+            grad = grad / self._count()
+        return self.finish(grad)
 
 
 def prepare_pointwise(

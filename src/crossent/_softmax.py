@@ -216,9 +216,24 @@ def log_softmax(x: Array, *, axis: int = -1) -> Array:
     return as_array(xp, xp.astype(out, x.dtype, copy=False))
 
 
+def softplus_pair(xp: Namespace, x: Array) -> tuple[Array, Array, Array]:
+    """``softplus(x)``, ``softplus(-x)`` and ``exp(-|x|)``, for any ``x`` without overflow.
+
+    ``softplus(x) = max(x, 0) + log1p(exp(-|x|))``. Both parts have a kink at 0, and their
+    derivatives there must add up to ``sigmoid(0) = 1/2``; frameworks break ties of ``maximum``
+    and ``abs`` differently (JAX and torch disagree), so the kinks are written with ``where``,
+    whose derivative is the same everywhere: with ``x > 0`` choosing, ``|x|'(0) = -1`` and
+    ``max(x, 0)'(0) = 0`` give exactly 1/2.
+    """
+    positive = x > 0
+    decay = xp.exp(-xp.where(positive, x, -x))
+    tail = xp.log1p(decay)
+    return xp.where(positive, x, 0.0) + tail, xp.where(positive, 0.0, -x) + tail, decay
+
+
 def log_sigmoid_of(xp: Namespace, x: Array) -> Array:
-    """``log(sigmoid(x))`` without overflow and without a NaN gradient anywhere."""
-    return xp.minimum(x, 0.0) - xp.log1p(xp.exp(-xp.abs(x)))
+    """``log(sigmoid(x)) = -softplus(-x)``: no overflow, and the true derivative everywhere."""
+    return -softplus_pair(xp, x)[1]
 
 
 @silent_edges

@@ -1,0 +1,149 @@
+"""Every loss with every combination of its options, as data: the grid the gradient tests walk.
+
+A :class:`Case` holds NumPy inputs and options; :meth:`Case.crossent_args` turns them into the
+backend's arrays and :meth:`Case.torch_loss` computes torch's own function on float64 tensors,
+the oracle.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import oracle
+import torch
+import torch.nn.functional as F
+from oracle import T, class_first
+
+N, C = 5, 4
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    pred: np.ndarray
+    target: np.ndarray
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # 0-d cases come out of NumPy as scalars: keep them arrays
+        object.__setattr__(self, "pred", np.asarray(self.pred))
+        object.__setattr__(self, "target", np.asarray(self.target))
+
+    @property
+    def id(self) -> str:
+        shown = {k: ("array" if isinstance(v, np.ndarray) else v) for k, v in self.options.items()}
+        return f"{self.name}-{self.pred.shape}-{shown}"
+
+    def crossent_args(self, to_xp: Callable[..., Any]) -> tuple[tuple[Any, Any], dict[str, Any]]:
+        options = {
+            k: to_xp(v) if isinstance(v, np.ndarray) else v for k, v in self.options.items()
+        }
+        return (to_xp(self.pred), to_xp(self.target)), options
+
+    def torch_loss(self, pred: torch.Tensor) -> torch.Tensor:
+        """torch's own function of this case, differentiable in ``pred``."""
+        options = {k: T(v) if isinstance(v, np.ndarray) else v for k, v in self.options.items()}
+        target = T(self.target)
+        if self.name in ("cross_entropy", "nll_loss"):
+            axis = options.pop("axis", -1)
+            if target.is_floating_point():
+                target = class_first(target, axis)
+            return getattr(F, self.name)(class_first(pred, axis), target, **options)
+        if self.name == "cross_entropy_from_probs":
+            return oracle.cross_entropy_from_probs(pred, target, **options)
+        if self.name == "binary_cross_entropy":
+            return oracle.binary_cross_entropy(pred, target, **options)
+        return getattr(F, self.name)(pred, target, **options)
+
+
+LAYOUTS = {"NC": ((N, C), -1), "C": ((C,), -1), "NCd": ((N, C, 3), 1)}
+
+
+def _targets(rng: np.random.Generator, shape: tuple[int, ...], axis: int, ignore: bool) -> Any:
+    positions = shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
+    target = rng.integers(0, C, size=positions)
+    if ignore and target.ndim:
+        target.flat[:: max(1, target.size // 2)] = -100
+    return target
+
+
+def _soft(rng: np.random.Generator, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    positions = shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
+    return np.moveaxis(rng.dirichlet(np.ones(C), size=positions), -1, axis)
+
+
+def categorical_cases(seed: int = 0) -> Iterator[Case]:
+    rng = np.random.default_rng(seed)
+    reductions = ("mean", "sum", "none")
+    weight = rng.uniform(0.2, 2.0, C)
+    for (shape, axis), weighted, reduction in itertools.product(
+        LAYOUTS.values(), (False, True), reductions
+    ):
+        logits = rng.standard_normal(shape) * 3
+        base = {"axis": axis, "reduction": reduction}
+        if weighted:
+            base["weight"] = weight
+        for ignore, smoothing in itertools.product((False, True), (0.0, 0.3, 1.0)):
+            target = _targets(rng, shape, axis, ignore)
+            yield Case("cross_entropy", logits, target, {**base, "label_smoothing": smoothing})
+        for smoothing in (0.0, 0.3):
+            yield Case(
+                "cross_entropy",
+                logits,
+                _soft(rng, shape, axis),
+                {**base, "label_smoothing": smoothing},
+            )
+        log_probs = torch.log_softmax(T(logits), dim=axis).numpy()
+        for ignore in (False, True):
+            yield Case("nll_loss", log_probs, _targets(rng, shape, axis, ignore), base)
+        probs = torch.softmax(T(logits) * 3, dim=axis).numpy()
+        for eps, ignore in itertools.product((None, 1e-3), (False, True)):
+            target = _targets(rng, shape, axis, ignore)
+            yield Case("cross_entropy_from_probs", probs, target, {**base, "eps": eps})
+        yield Case(
+            "cross_entropy_from_probs", probs, _soft(rng, shape, axis), {**base, "eps": 0.01}
+        )
+    del layout
+
+
+def pointwise_cases(seed: int = 1) -> Iterator[Case]:
+    rng = np.random.default_rng(seed)
+    for shape, reduction in itertools.product(((7,), (N, C), ()), ("mean", "sum", "none")):
+        logits = rng.standard_normal(shape) * 4
+        probs = 1 / (1 + np.exp(-logits))
+        soft = rng.random(shape)
+        hard = (rng.random(shape) < 0.5).astype(np.float64)
+        weights = [None, rng.uniform(0.1, 2, shape)]
+        if shape:
+            weights.append(rng.uniform(0.1, 2, shape[-1:]))
+        for target, weight in itertools.product((soft, hard), weights):
+            base: dict[str, Any] = {"reduction": reduction}
+            if weight is not None:
+                base["weight"] = weight
+            for eps in (None, 1e-7, 0.05):
+                yield Case("binary_cross_entropy", probs, target, {**base, "eps": eps})
+            yield Case("binary_cross_entropy_with_logits", logits, target, base)
+            if shape:
+                pos_weight = rng.uniform(0.2, 3, shape[-1:])
+                yield Case(
+                    "binary_cross_entropy_with_logits",
+                    logits,
+                    target,
+                    {**base, "pos_weight": pos_weight},
+                )
+    for shape, reduction, log_target in itertools.product(
+        ((C,), (N, C), (2, 3, C)), ("mean", "batchmean", "sum", "none"), (False, True)
+    ):
+        log_probs = torch.log_softmax(T(rng.standard_normal(shape)), dim=-1).numpy()
+        target = rng.dirichlet(np.ones(C), size=shape[:-1])
+        if log_target:
+            target = np.log(target)
+        yield Case("kl_div", log_probs, target, {"reduction": reduction, "log_target": log_target})
+
+
+def all_cases() -> list[Case]:
+    return [*categorical_cases(), *pointwise_cases()]
