@@ -107,7 +107,6 @@ def categorical_cases(seed: int = 0) -> Iterator[Case]:
         yield Case(
             "cross_entropy_from_probs", probs, _soft(rng, shape, axis), {**base, "eps": 0.01}
         )
-    del layout
 
 
 def pointwise_cases(seed: int = 1) -> Iterator[Case]:
