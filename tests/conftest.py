@@ -137,7 +137,7 @@ def to_numpy(x: Any) -> np.ndarray:
     if is_cupy_array(x):
         return x.get()
     if is_dask_array(x):
-        return np.asarray(x.compute())
+        return np.asarray(x.compute(scheduler="synchronous"))  # small arrays: no thread pool
     xp = array_namespace(x)
     if is_array_api_strict_namespace(xp):
         return np.from_dlpack(x.to_device(xp.Device("CPU_DEVICE")))
