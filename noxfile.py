@@ -63,7 +63,10 @@ def tests(session: nox.Session, backend: str, device: str) -> None:
     env = {**spec.env, matrix.BACKEND_VARIABLE: backend, matrix.DEVICE_VARIABLE: device}
     args = list(session.posargs)
     if backend == "numpy" and not args:
+        # the docstrings' examples too; the torch and JAX fast paths import their framework
         args = ["tests", "--doctest-modules", "src/crossent"]
+        args += ["--ignore=src/crossent/_delegation/_torch.py"]
+        args += ["--ignore=src/crossent/_delegation/_jax.py"]
     session.run("python", "-m", "pytest", *args, env=env)
 
 
@@ -74,3 +77,12 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (never part of the test run): ``nox -s bench -- --help``."""
+    session.install("-e", ".[bench]")
+    # glibc hands large blocks back on free, so that peak memory shows each call's temporaries
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0"}
+    session.run("python", "benchmarks/run.py", *session.posargs, env=env)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ._classes import (
     Classes,
     Pass,
+    Picks,
     bad_rows,
     check_probabilities,
     is_target_class,
@@ -168,12 +171,68 @@ def smoothed_targets(xp: Namespace, target: Array, smoothing: float) -> Array:
     return target * (1.0 - smoothing) + smoothing / target.shape[-1]
 
 
+@dataclass(frozen=True)
+class IndexTerms:
+    """What cross-entropy with class indices needs besides the rows of logits themselves.
+
+    The rows give three numbers per position, however they are read (at once by the generic
+    path, block by block by the NumPy kernel): the log normaliser ``log sum_c exp(x_c - m)``,
+    the shifted logit of the target ``x_y - m``, and with smoothing ``sum_c w_c (x_c - m)``.
+    This class turns them into losses, and gives the coefficients of the gradient.
+    """
+
+    pick: Picks
+    smoothing: float
+    #: ``w``, or 1.0 without class weights.
+    class_weights: Array | float
+    #: ``sum_c w_c``, or ``C`` without class weights.
+    class_weight_sum: Array | float
+
+    @classmethod
+    def of(cls, p: Classes, smoothing: float) -> IndexTerms:
+        if p.weight is None:
+            return cls(picks(p), smoothing, 1.0, float(p.num_classes))
+        return cls(picks(p), smoothing, p.weight, p.xp.sum(p.weight))
+
+    def loss(self, p: Classes, log_norm: Array, picked: Array, shifted_sum: Array | None) -> Array:
+        """The loss of each position from its three row statistics."""
+        xp, pick, smoothing = p.xp, self.pick, self.smoothing
+        loss = pick.weight * (log_norm - picked)
+        if smoothing > 0.0:
+            assert shifted_sum is not None
+            smooth = self.class_weight_sum * log_norm - shifted_sum
+            loss = (1.0 - smoothing) * loss + (smoothing / p.num_classes) * smooth
+        # where, not a product: an ignored position's nll may be inf, and 0 * inf is NaN.
+        return mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+
+    def softmax_coefficient(self, p: Classes) -> Array:
+        """``s_n``, the factor of each position's softmax in its gradient."""
+        coefficient = (1.0 - self.smoothing) * self.pick.weight
+        if self.smoothing > 0.0:
+            kept = p.xp.astype(self.pick.kept, coefficient.dtype)
+            share = (self.smoothing / p.num_classes) * self.class_weight_sum
+            coefficient = coefficient + share * kept
+        return coefficient
+
+    def target_term(self) -> Array:
+        """What the gradient loses at each position's target class: ``(1 - eps) w_y``."""
+        return (1.0 - self.smoothing) * self.pick.weight
+
+    def smoothing_term(self, p: Classes) -> Array | None:
+        """What smoothing takes from every class of a kept position: ``(eps / C) w_c``, shaped
+        to broadcast against the rows; None without smoothing."""
+        if self.smoothing == 0.0:
+            return None
+        kept = p.xp.astype(self.pick.kept, p.scores.dtype)[..., None]
+        return (self.smoothing / p.num_classes) * self.class_weights * kept
+
+
 def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
     """Per-position cross-entropy, and with ``gradient`` the gradient of its sum, in one pass.
 
-    The gradient of position n is ``c_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n)
-    - (eps / C) w`` with ``c_n`` the weight the loss gives that position: the softmax comes
-    from the same exponentials as the loss, and the one-hot term is a comparison, never a matrix.
+    The gradient of position n is ``s_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n)
+    - (eps / C) w``: the softmax comes from the same exponentials as the loss, and the one-hot
+    term is a comparison, never a matrix.
     """
     xp = p.xp
     shifted = p.scores - stable_max(xp, p.scores, -1)
@@ -190,27 +249,20 @@ def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
         grad = exp_shifted * (mass / total)[..., None] - target if gradient else None
         return Pass(loss, None, grad)
 
-    pick = picks(p)
-    loss = pick.weight * (log_norm - take_class(xp, shifted, pick.index))
+    terms = IndexTerms.of(p, smoothing)
+    pick = terms.pick
+    shifted_sum = None
     if smoothing > 0.0:
-        class_weight_sum = p.num_classes if p.weight is None else xp.sum(p.weight)
-        class_weights = 1.0 if p.weight is None else p.weight
-        smooth = class_weight_sum * log_norm - xp.sum(shifted * class_weights, axis=-1)
-        loss = (1.0 - smoothing) * loss + (smoothing / p.num_classes) * smooth
-    # where, not a product: an ignored position's nll may be inf, and 0 * inf is NaN.
-    loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+        shifted_sum = xp.sum(shifted * terms.class_weights, axis=-1)
+    loss = terms.loss(p, log_norm, take_class(xp, shifted, pick.index), shifted_sum)
     if not gradient:
         return Pass(loss, xp.sum(pick.weight), None)
 
-    kept = xp.astype(pick.kept, loss.dtype)
-    coefficient = (1.0 - smoothing) * pick.weight
-    if smoothing > 0.0:
-        coefficient = coefficient + (smoothing / p.num_classes) * class_weight_sum * kept
-    grad = exp_shifted * (coefficient / total)[..., None]
-    if smoothing > 0.0:
-        grad = grad - (smoothing / p.num_classes) * class_weights * kept[..., None]
-    one_hot_term = ((1.0 - smoothing) * pick.weight)[..., None]
-    grad = xp.where(is_target_class(p, pick), grad - one_hot_term, grad)
+    grad = exp_shifted * (terms.softmax_coefficient(p) / total)[..., None]
+    smoothing_term = terms.smoothing_term(p)
+    if smoothing_term is not None:
+        grad = grad - smoothing_term
+    grad = xp.where(is_target_class(p, pick), grad - terms.target_term()[..., None], grad)
     return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, bad_rows(pick)))
 
 

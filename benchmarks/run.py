@@ -1,0 +1,214 @@
+"""Run the benchmark suite: ``nox -s bench`` (or ``python benchmarks/run.py --help``).
+
+Prints a progress line per comparison and a table at the end, writes every figure to
+``benchmarks/results.json`` and draws ``docs/_static/benchmarks.png``, which the docs'
+benchmark page shows. Ratios are ``time(crossent) / time(peer)``: below 1 means crossent wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import harness  # noqa: E402
+import suites  # noqa: E402
+
+RESULTS = HERE / "results.json"
+PLOT = ROOT / "docs" / "_static" / "benchmarks.png"
+
+#: The targets of the performance issue, for the headline shape: (suite, name) -> ratio.
+TARGETS = {
+    ("numpy", "forward vs from scratch"): 0.4,
+    ("numpy", "forward vs SciPy"): 0.6,
+    ("numpy", "forward vs torch"): 0.8,
+    ("numpy", "value_and_grad vs torch forward+backward"): 1.0,
+    ("torch", "cross_entropy forward"): 1.05,
+    ("torch", "cross_entropy forward+backward"): 1.05,
+    ("torch", "nll_loss forward"): 1.05,
+    ("torch", "nll_loss forward+backward"): 1.05,
+    ("torch", "binary_cross_entropy_with_logits forward"): 1.05,
+    ("torch", "binary_cross_entropy_with_logits forward+backward"): 1.05,
+    ("jax", "cross_entropy forward (jit)"): 1.05,
+    ("jax", "cross_entropy value_and_grad (jit)"): 1.05,
+    ("jax", "binary_cross_entropy_with_logits forward (jit)"): 1.05,
+    ("jax", "binary_cross_entropy_with_logits value_and_grad (jit)"): 1.05,
+}
+
+
+def _shape(text: str) -> tuple[int, int]:
+    rows, columns = text.lower().split("x")
+    return int(rows), int(columns)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("crossent", "numpy", "scipy", "scikit-learn", "torch", "jax", "optax"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _cases(args: argparse.Namespace) -> list[tuple[tuple[int, int], str, Any]]:
+    """(shape, dtype, generator of cases) in the order they run."""
+    planned = []
+    for shape in args.shapes:
+        if "numpy" in args.suites:
+            planned.append((shape, "float32", lambda s=shape: suites.numpy_suite(s)))
+        if "torch" in args.suites:
+            for dtype in ("float32", "bfloat16"):
+                planned.append((shape, dtype, lambda s=shape, d=dtype: suites.torch_suite(s, d)))
+        if "jax" in args.suites:
+            planned.append((shape, "float32", lambda s=shape: suites.jax_suite(s)))
+    return planned
+
+
+def _mib(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2**20:,.1f}"
+
+
+def run(args: argparse.Namespace) -> list[harness.Comparison]:
+    results = []
+    planned = _cases(args)
+    started = time.perf_counter()
+    for shape, dtype, make in planned:
+        for case in make():
+            pairs = args.pairs
+            ratio, ours_s, peer_s, ours_peak, peer_peak = harness.compare(
+                case.run_ours, case.run_peer, pairs=pairs, memory=not args.no_memory
+            )
+            result = harness.Comparison(
+                suite=case.suite,
+                name=case.name,
+                shape=shape,
+                dtype=dtype,
+                ours=case.ours,
+                peer=case.peer,
+                ratio=ratio,
+                ours_seconds=ours_s,
+                peer_seconds=peer_s,
+                ours_peak_bytes=ours_peak,
+                peer_peak_bytes=peer_peak,
+                input_bytes=case.input_bytes,
+                output_bytes=case.output_bytes,
+                pairs=pairs,
+            )
+            results.append(result)
+            elapsed = time.perf_counter() - started
+            print(
+                f"[{elapsed:6.0f} s] {case.suite:<5} {shape[0]:>6}x{shape[1]:<6} {dtype:<8} "
+                f"{case.name:<52} ratio {ratio:5.2f}  ({ours_s * 1e3:8.2f} ms vs "
+                f"{peer_s * 1e3:8.2f} ms)",
+                flush=True,
+            )
+    return results
+
+
+def table(results: list[harness.Comparison]) -> str:
+    lines = [
+        f"{'suite':<6}{'shape':<14}{'dtype':<9}{'comparison':<53}{'ratio':>6}{'target':>8}"
+        f"{'ours ms':>10}{'peer ms':>10}{'ours MiB':>10}{'peer MiB':>10}",
+    ]
+    for r in results:
+        target = TARGETS.get((r.suite, r.name)) if tuple(r.shape) == suites.HEADLINE else None
+        if r.dtype != "float32":
+            target = None
+        shown = "" if target is None else f"{target:.2f}" + ("" if r.ratio <= target else "!")
+        lines.append(
+            f"{r.suite:<6}{f'{r.shape[0]}x{r.shape[1]}':<14}{r.dtype:<9}{r.name:<53}"
+            f"{r.ratio:6.2f}{shown:>8}{r.ours_seconds * 1e3:10.2f}{r.peer_seconds * 1e3:10.2f}"
+            f"{_mib(r.ours_peak_bytes):>10}{_mib(r.peer_peak_bytes):>10}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[harness.Comparison], machine: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = [s for s in ("numpy", "torch", "jax") if any(r.suite == s for r in results)]
+    fig, axes = plt.subplots(
+        len(families), 1, figsize=(10, 3.2 * len(families)), squeeze=False, layout="constrained"
+    )
+    for ax, family in zip(axes[:, 0], families, strict=True):
+        rows = [r for r in results if r.suite == family]
+        names = list(dict.fromkeys(f"{r.name} [{r.dtype}]" for r in rows))
+        shapes = list(dict.fromkeys(tuple(r.shape) for r in rows))
+        width = 0.8 / max(1, len(shapes))
+        for k, shape in enumerate(shapes):
+            values = []
+            for name in names:
+                match = [
+                    r for r in rows if f"{r.name} [{r.dtype}]" == name and tuple(r.shape) == shape
+                ]
+                values.append(match[0].ratio if match else float("nan"))
+            positions = [i + (k - (len(shapes) - 1) / 2) * width for i in range(len(names))]
+            ax.barh(positions, values, height=width, label=f"{shape[0]} x {shape[1]}")
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(
+            f"{family}: time(crossent) / time(peer), median of interleaved pairs", fontsize=9
+        )
+        ax.legend(fontsize=7, title="(N, C)", title_fontsize=7)
+    fig.suptitle(
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['date']}: below 1, crossent wins",
+        fontsize=9,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--shapes",
+        type=_shape,
+        nargs="+",
+        default=suites.SHAPES,
+        help="N x C shapes, e.g. 16384x1000",
+    )
+    parser.add_argument(
+        "--suites", nargs="+", default=["numpy", "torch", "jax"], choices=["numpy", "torch", "jax"]
+    )
+    parser.add_argument("--pairs", type=int, default=11, help="interleaved pairs per case")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, default=PLOT)
+    args = parser.parse_args(argv)
+
+    machine = harness.machine()
+    print(f"crossent benchmarks on {machine['cpu']}, {machine['cores']} cores")
+    results = run(args)
+    print()
+    print(table(results))
+    payload = {
+        "machine": machine,
+        "versions": _versions(),
+        "targets": [
+            {"suite": s, "name": n, "shape": list(suites.HEADLINE), "ratio": v}
+            for (s, n), v in TARGETS.items()
+        ],
+        "results": [r.as_dict() for r in results],
+    }
+    args.output.write_text(json.dumps(payload, indent=1) + "\n")
+    plot(results, machine, args.plot)
+    print(f"\nwrote {args.output} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""The comparisons: crossent against what a user would pick instead, on the same data.
+
+Each suite yields :class:`Case` objects: a name, crossent's side, the peer's side, and the
+sizes that memory is judged against. Frameworks are imported only by the suite that needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import crossent
+
+#: The (N, C) shapes of every suite, float32.
+SHAPES = [(65536, 10), (16384, 1000), (2048, 32000), (256, 128000)]
+#: The shape the targets are stated for.
+HEADLINE = (16384, 1000)
+
+
+@dataclass
+class Case:
+    suite: str
+    name: str
+    ours: str
+    peer: str
+    run_ours: Callable[[], Any]
+    run_peer: Callable[[], Any]
+    input_bytes: int
+    #: Bytes of what crossent returns (a gradient): not counted against its extra memory.
+    output_bytes: int = 0
+
+
+def _data(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal(shape, dtype=np.float32) * 3
+    target = rng.integers(0, shape[1], shape[0])
+    return logits, target
+
+
+def numpy_suite(shape: tuple[int, int]) -> Iterator[Case]:
+    import scipy.special
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import log_loss
+
+    logits, target = _data(shape)
+    rows = np.arange(shape[0])
+    size = logits.nbytes + target.nbytes
+
+    def from_scratch() -> Any:
+        # the way tutorials teach it: softmax, clip, pick the target column, mean
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = exp / exp.sum(axis=1, keepdims=True)
+        return -np.mean(np.log(np.clip(probs[rows, target], 1e-7, 1.0)))
+
+    def with_scipy() -> Any:
+        return -np.mean(scipy.special.log_softmax(logits, axis=1)[rows, target])
+
+    ours = "crossent.cross_entropy"
+    yield Case(
+        "numpy",
+        "forward vs from scratch",
+        ours,
+        "NumPy from scratch",
+        lambda: crossent.cross_entropy(logits, target),
+        from_scratch,
+        size,
+    )
+    yield Case(
+        "numpy",
+        "forward vs SciPy",
+        ours,
+        "scipy.special.log_softmax + pick",
+        lambda: crossent.cross_entropy(logits, target),
+        with_scipy,
+        size,
+    )
+
+    tensor, labels = torch.from_numpy(logits), torch.from_numpy(target)
+    yield Case(
+        "numpy",
+        "forward vs torch",
+        ours,
+        "F.cross_entropy, same CPU data",
+        lambda: crossent.cross_entropy(logits, target),
+        lambda: F.cross_entropy(tensor, labels),
+        size,
+    )
+
+    step = crossent.value_and_grad(crossent.cross_entropy)
+    leaf = tensor.clone().requires_grad_(True)
+
+    def torch_forward_backward() -> Any:
+        leaf.grad = None
+        loss = F.cross_entropy(leaf, labels)
+        loss.backward()
+        return loss
+
+    yield Case(
+        "numpy",
+        "value_and_grad vs torch forward+backward",
+        "crossent.value_and_grad(cross_entropy)",
+        "F.cross_entropy + backward",
+        lambda: step(logits, target),
+        torch_forward_backward,
+        size,
+        logits.nbytes,
+    )
+
+    probs = scipy.special.softmax(logits, axis=1)
+    classes = np.arange(shape[1])
+    yield Case(
+        "numpy",
+        "from probabilities vs scikit-learn",
+        "crossent.cross_entropy_from_probs",
+        "sklearn.metrics.log_loss",
+        lambda: crossent.cross_entropy_from_probs(probs, target),
+        lambda: log_loss(target, probs, labels=classes),
+        probs.nbytes + target.nbytes,
+    )
+
+
+def torch_suite(shape: tuple[int, int], dtype: str) -> Iterator[Case]:
+    import torch
+    import torch.nn.functional as F
+
+    logits, target = _data(shape)
+    tensor = torch.from_numpy(logits).to(getattr(torch, dtype))
+    labels = torch.from_numpy(target)
+    log_probs = torch.log_softmax(tensor.float(), dim=1).to(tensor.dtype)
+    binary = (torch.rand(shape) < 0.5).to(tensor.dtype)
+    size = tensor.element_size() * tensor.numel()
+
+    pairs = [
+        ("cross_entropy", crossent.cross_entropy, F.cross_entropy, tensor, labels),
+        ("nll_loss", crossent.nll_loss, F.nll_loss, log_probs, labels),
+        (
+            "binary_cross_entropy_with_logits",
+            crossent.binary_cross_entropy_with_logits,
+            F.binary_cross_entropy_with_logits,
+            tensor,
+            binary,
+        ),
+    ]
+    for name, ours, theirs, inputs, targets in pairs:
+        yield Case(
+            "torch",
+            f"{name} forward",
+            f"crossent.{name}",
+            f"F.{name}",
+            lambda ours=ours, i=inputs, t=targets: ours(i, t),
+            lambda theirs=theirs, i=inputs, t=targets: theirs(i, t),
+            size,
+        )
+        leaf = inputs.clone().requires_grad_(True)
+
+        def backward(func: Callable[..., Any], leaf: Any = leaf, t: Any = targets) -> Any:
+            leaf.grad = None
+            loss = func(leaf, t)
+            loss.backward()
+            return loss
+
+        yield Case(
+            "torch",
+            f"{name} forward+backward",
+            f"crossent.{name}",
+            f"F.{name}",
+            lambda ours=ours, b=backward: b(ours),
+            lambda theirs=theirs, b=backward: b(theirs),
+            size,
+        )
+
+
+def jax_suite(shape: tuple[int, int]) -> Iterator[Case]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    logits, target = _data(shape)
+    x, t = jnp.asarray(logits), jnp.asarray(target, dtype=jnp.int32)
+    labels = (jax.random.uniform(jax.random.key(0), shape) < 0.5).astype(jnp.float32)
+    size = logits.nbytes
+
+    def optax_ce(x: Any, t: Any) -> Any:
+        return optax.softmax_cross_entropy_with_integer_labels(x, t).mean()
+
+    def optax_bce(x: Any, t: Any) -> Any:
+        return optax.sigmoid_binary_cross_entropy(x, t).mean()
+
+    for name, ours, theirs, targets in [
+        ("cross_entropy", crossent.cross_entropy, optax_ce, t),
+        (
+            "binary_cross_entropy_with_logits",
+            crossent.binary_cross_entropy_with_logits,
+            optax_bce,
+            labels,
+        ),
+    ]:
+        peer = "optax." + (
+            "softmax_cross_entropy_with_integer_labels"
+            if name == "cross_entropy"
+            else "sigmoid_binary_cross_entropy"
+        )
+        ours_jit, theirs_jit = jax.jit(ours), jax.jit(theirs)
+        yield Case(
+            "jax",
+            f"{name} forward (jit)",
+            f"crossent.{name}",
+            peer,
+            lambda f=ours_jit, y=targets: f(x, y),
+            lambda f=theirs_jit, y=targets: f(x, y),
+            size,
+        )
+        analytic = jax.jit(crossent.value_and_grad(ours))
+        autodiff = jax.jit(jax.value_and_grad(ours))
+        theirs_vg = jax.jit(jax.value_and_grad(theirs))
+        yield Case(
+            "jax",
+            f"{name} value_and_grad (jit)",
+            f"crossent.value_and_grad({name})",
+            f"jax.value_and_grad({peer})",
+            lambda f=analytic, y=targets: f(x, y),
+            lambda f=theirs_vg, y=targets: f(x, y),
+            size,
+            logits.nbytes,
+        )
+        yield Case(
+            "jax",
+            f"{name} jax.value_and_grad (jit)",
+            f"jax.value_and_grad(crossent.{name})",
+            f"jax.value_and_grad({peer})",
+            lambda f=autodiff, y=targets: f(x, y),
+            lambda f=theirs_vg, y=targets: f(x, y),
+            size,
+            logits.nbytes,
+        )
