@@ -7,6 +7,7 @@ figure of merit is the median over pairs of ``time(crossent) / time(peer)``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -156,10 +157,8 @@ def machine() -> dict[str, Any]:
     except AttributeError:
         cores = os.cpu_count() or 0
     memory_gib = None
-    try:
+    with contextlib.suppress(OSError, LookupError):
         memory_gib = round(_rss_bytes_total() / 2**30, 1)
-    except (OSError, LookupError):
-        pass
     return {
         "cpu": model,
         "cores": cores,

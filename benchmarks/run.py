@@ -19,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import contextlib
+
 import harness  # noqa: E402
 import suites  # noqa: E402
 
@@ -52,10 +54,8 @@ def _shape(text: str) -> tuple[int, int]:
 def _versions() -> dict[str, str]:
     out = {}
     for name in ("crossent", "numpy", "scipy", "scikit-learn", "torch", "jax", "optax"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 
