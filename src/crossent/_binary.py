@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._categorical import clip_probs, out_of_unit_interval
 from ._classes import check_probabilities, mark_bad
-from ._delegation import dispatch, silent_edges
+from ._delegation import dispatch, public_function
 from ._pointwise import Pointwise, prepare_pointwise
 from ._softmax import softplus_pair
 from ._typing import Array, Namespace
@@ -17,7 +17,7 @@ __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits"]
 LOG_FLOOR = -100.0
 
 
-@silent_edges
+@public_function
 def binary_cross_entropy(
     probs: Array,
     target: Array,
@@ -152,7 +152,7 @@ def _binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
     return p.reduce(binary_cross_entropy_pass(p, eps, gradient=False)[0])
 
 
-@silent_edges
+@public_function
 def binary_cross_entropy_with_logits(
     logits: Array,
     target: Array,

@@ -17,7 +17,7 @@ from ._classes import (
     reduce,
     take_class,
 )
-from ._delegation import dispatch, silent_edges
+from ._delegation import dispatch, public_function
 from ._softmax import log_of_sum, stable_max
 from ._typing import Array, Namespace
 from ._validation import check_eps, check_unit_interval
@@ -38,7 +38,7 @@ _SHAPE_NOTES = """
 """
 
 
-@silent_edges
+@public_function
 def cross_entropy(
     logits: Array,
     target: Array,
@@ -223,7 +223,7 @@ class IndexTerms:
         to broadcast against the rows; None without smoothing."""
         if self.smoothing == 0.0:
             return None
-        kept = p.xp.astype(self.pick.kept, p.scores.dtype)[..., None]
+        kept = p.xp.astype(self.pick.kept, p.compute_dtype)[..., None]
         return (self.smoothing / p.num_classes) * self.class_weights * kept
 
 
@@ -270,7 +270,7 @@ def _cross_entropy(p: Classes, smoothing: float) -> Array:
     return reduce(p, cross_entropy_pass(p, smoothing, gradient=False))
 
 
-@silent_edges
+@public_function
 def nll_loss(
     log_probs: Array,
     target: Array,
@@ -366,7 +366,8 @@ def nll_loss_pass(p: Classes, *, gradient: bool) -> Pass:
     target class of each kept position, 0 elsewhere."""
     xp = p.xp
     pick = picks(p)
-    loss = -pick.weight * take_class(xp, p.scores, pick.index)
+    picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
+    loss = -pick.weight * picked
     loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
     grad = None
     if gradient:
@@ -379,7 +380,7 @@ def _nll_loss(p: Classes) -> Array:
     return reduce(p, nll_loss_pass(p, gradient=False))
 
 
-@silent_edges
+@public_function
 def cross_entropy_from_probs(
     probs: Array,
     target: Array,
@@ -481,7 +482,7 @@ def prepare_cross_entropy_from_probs(
     if clip is None:
         clip = float(p.xp.finfo(p.dtype).eps)
     if p.eager:
-        check_probabilities(p.xp, "probs", p.scores)
+        check_probabilities(p.xp, "probs", p.predictions)
     return p, (clip,)
 
 
@@ -511,7 +512,7 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
     """Per-position NLL of clipped probabilities, and with ``gradient`` the gradient of its
     sum: ``-w t / clip(p)`` where ``p`` was not clipped, 0 where it was."""
     xp = p.xp
-    outside = None if p.eager else out_of_unit_interval(xp, p.scores, -1)
+    outside = None if p.eager else out_of_unit_interval(xp, p.predictions, -1)
     if not p.index_target:
         target = p.target if p.weight is None else p.target * p.weight
         clipped, inside = clip_probs(xp, p.scores, eps)
@@ -525,7 +526,8 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
         return Pass(loss, None, grad)
 
     pick = picks(p)
-    clipped, inside = clip_probs(xp, take_class(xp, p.scores, pick.index), eps)
+    picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
+    clipped, inside = clip_probs(xp, picked, eps)
     loss = -pick.weight * safe_log(xp, clipped)
     loss = mark_bad(xp, mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad), outside)
     if not gradient:

@@ -7,6 +7,7 @@ the compute dtype, the target as class indices or as class probabilities, and th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from array_api_compat import device
@@ -30,8 +31,8 @@ class Classes:
 
     xp: Namespace
     #: The predictions (logits, log-probabilities or probabilities), class axis last, in the
-    #: compute dtype (float32 for float16 and bfloat16).
-    scores: Array
+    #: caller's dtype. ``scores`` has them in the compute dtype.
+    predictions: Array
     #: Class indices, shape ``scores.shape[:-1]``; or class probabilities, shape ``scores.shape``
     #: in the compute dtype.
     target: Array
@@ -50,14 +51,24 @@ class Classes:
     def index_target(self) -> bool:
         return bool(self.xp.isdtype(self.target.dtype, "integral"))
 
+    @functools.cached_property
+    def scores(self) -> Array:
+        """The predictions in the compute dtype (float32 for float16 and bfloat16), made on
+        first use: a path that reads only the target's entries converts only those."""
+        return self.xp.astype(self.predictions, compute_dtype(self.xp, self.dtype), copy=False)
+
+    @property
+    def compute_dtype(self) -> DType:
+        return compute_dtype(self.xp, self.dtype)
+
     @property
     def num_classes(self) -> int:
-        return int(self.scores.shape[-1])
+        return int(self.predictions.shape[-1])
 
     @property
     def num_positions(self) -> int:
         count = 1
-        for s in self.scores.shape[:-1]:
+        for s in self.predictions.shape[:-1]:
             count *= int(s)
         return count
 
@@ -98,7 +109,7 @@ def prepare_classes(
             f"{pred_name} of shape {shape_str(shape)} has no classes along axis {axis}"
         )
     dtype = compute_dtype(xp, predictions.dtype)
-    scores = xp.moveaxis(xp.astype(predictions, dtype, copy=False), ax, -1)
+    moved = xp.moveaxis(predictions, ax, -1)
     positions = shape[:ax] + shape[ax + 1 :]
 
     if xp.isdtype(target.dtype, "integral"):
@@ -138,7 +149,7 @@ def prepare_classes(
 
     problem = Classes(
         xp=xp,
-        scores=scores,
+        predictions=moved,
         target=target,
         weight=weight,
         ignore_index=ignore_index,
@@ -199,7 +210,7 @@ class Picks:
 
 def picks(p: Classes) -> Picks:
     xp, t = p.xp, p.target
-    dtype = p.scores.dtype
+    dtype = p.compute_dtype
     kept = t != p.ignore_index
     in_range = (t >= 0) & (t < p.num_classes)
     # Clamped before gathering: torch's take_along_axis rejects -100, JAX's clips silently.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._delegation import dispatch, silent_edges
+from ._delegation import dispatch, public_function
 from ._pointwise import Pointwise, prepare_pointwise
 from ._typing import Array
 
@@ -11,7 +11,7 @@ __all__ = ["kl_div"]
 KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
 
 
-@silent_edges
+@public_function
 def kl_div(
     log_probs: Array, target: Array, *, reduction: str = "mean", log_target: bool = False
 ) -> Array:

@@ -33,7 +33,7 @@ from ._categorical import (
     prepare_nll_loss,
 )
 from ._classes import Classes, reduce, reduced_gradient
-from ._delegation import dispatch, silent_edges
+from ._delegation import dispatch, public_function
 from ._divergence import kl_div, kl_div_pass, prepare_kl_div
 from ._pointwise import Pointwise
 from ._typing import Array
@@ -167,7 +167,7 @@ def value_and_grad(fn: Callable[..., Array]) -> Callable[..., tuple[Array, Array
     signature = inspect.signature(fn)
     name = fn.__name__
 
-    @silent_edges
+    @public_function
     def loss_and_gradient(*args: Any, **kwargs: Any) -> tuple[Array, Array]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()

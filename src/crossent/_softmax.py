@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from array_api_compat import device
 
-from ._delegation import as_array, fast_path, silent_edges
+from ._delegation import as_array, fast_path, public_function
 from ._typing import Array, Namespace
 from ._validation import check_real_floating, compute_dtype, get_namespace, normalize_axis
 
@@ -63,7 +63,7 @@ def shifted_log_normalizer(xp: Namespace, x: Array) -> tuple[Array, Array]:
     return shifted, log_of_sum(xp, xp.sum(xp.exp(shifted), axis=-1))
 
 
-@silent_edges
+@public_function
 def logsumexp(
     x: Array, *, axis: int | tuple[int, ...] | None = -1, keepdims: bool = False
 ) -> Array:
@@ -126,7 +126,7 @@ def logsumexp(
     return as_array(xp, xp.astype(out, x.dtype, copy=False))
 
 
-@silent_edges
+@public_function
 def softmax(x: Array, *, axis: int = -1) -> Array:
     r"""Softmax along ``axis``: exponentials normalised to sum to one.
 
@@ -172,7 +172,7 @@ def softmax(x: Array, *, axis: int = -1) -> Array:
     return as_array(xp, xp.astype(out, x.dtype, copy=False))
 
 
-@silent_edges
+@public_function
 def log_softmax(x: Array, *, axis: int = -1) -> Array:
     r"""Logarithm of the softmax along ``axis``, exact for logits of any magnitude.
 
@@ -236,7 +236,7 @@ def log_sigmoid_of(xp: Namespace, x: Array) -> Array:
     return -softplus_pair(xp, x)[1]
 
 
-@silent_edges
+@public_function
 def log_sigmoid(x: Array) -> Array:
     r"""Logarithm of the logistic sigmoid, elementwise, without overflow.
 

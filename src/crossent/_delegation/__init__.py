@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -107,15 +108,34 @@ def as_array(xp: Namespace, x: Array) -> Array:
     return x
 
 
-def silent_edges(func: F) -> F:
-    """Decorate a public function so that NumPy does not warn about its intended edge values.
+def public_function(func: F) -> F:
+    """Decorate a public function: the entry of every call.
 
-    ``log(0) = -inf`` for a row of all ``-inf`` logits, say, is a result, not an accident.
+    - CPU torch tensors go straight to torch's kernel (``_torch.direct_<name>``), before any
+      preparation: for a loss that takes 70 microseconds, crossent's checks would otherwise
+      cost more than the loss. The direct call declines (returns None) on anything it does not
+      cover or that torch rejects, and the full path then runs and raises crossent's errors.
+    - NumPy does not warn about intended edge values: ``log(0) = -inf`` for a row of all
+      ``-inf`` logits is a result, not an accident.
     """
+    name = func.__name__
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if args and _is_cpu_torch_tensor(args[0]) and _FAST_PATHS.get():
+            from . import _torch
+
+            direct = getattr(_torch, f"direct_{name}", None)
+            if direct is not None:
+                out = direct(*args, **kwargs)
+                if out is not None:
+                    return out
         with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_cpu_torch_tensor(x: object) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cpu"

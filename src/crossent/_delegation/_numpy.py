@@ -118,10 +118,10 @@ def _row_max(block: np.ndarray) -> np.ndarray:
 def _rows_of(p: Classes) -> np.ndarray | None:
     """The logits as a C-contiguous ``(positions, C)`` view; None where the kernel does not
     apply (class probabilities, a class axis that is not contiguous): the generic path runs."""
-    scores = p.scores
-    if not (p.index_target and scores.flags.c_contiguous and scores.size > 0):
+    predictions = p.predictions
+    if not (p.index_target and predictions.flags.c_contiguous and predictions.size > 0):
         return None
-    rows: np.ndarray = scores.reshape(-1, p.num_classes)
+    rows: np.ndarray = predictions.reshape(-1, p.num_classes)
     return rows
 
 
@@ -139,11 +139,13 @@ def _statistics(
     ``scale`` times its gradient there, instead of in a scratch buffer.
     """
     rows, classes = logits.shape
+    dtype = np.dtype(p.compute_dtype)
+    convert = logits.dtype != dtype  # float16: each block is converted as it is read
     index = np.asarray(terms.pick.index).reshape(-1)
-    log_norm = np.empty(rows, dtype=logits.dtype)
-    picked = np.empty(rows, dtype=logits.dtype)
+    log_norm = np.empty(rows, dtype=dtype)
+    picked = np.empty(rows, dtype=dtype)
     smoothing = terms.smoothing
-    shifted_sum = np.empty(rows, dtype=logits.dtype) if smoothing > 0.0 else None
+    shifted_sum = np.empty(rows, dtype=dtype) if smoothing > 0.0 else None
     class_weights = None if p.weight is None else np.asarray(p.weight)
     block_rows = max(1, BLOCK_ELEMENTS // classes)
 
@@ -156,15 +158,18 @@ def _statistics(
 
     # Row sums as a product with a vector of ones: BLAS's gemv is three times faster than
     # np.sum along a short axis, and as exact for these sums of positive terms.
-    ones = np.ones(classes, dtype=logits.dtype)
-    class_weights = ones if class_weights is None else class_weights.astype(logits.dtype)
+    ones = np.ones(classes, dtype=dtype)
+    class_weights = ones if class_weights is None else class_weights.astype(dtype)
 
     def work(start: int, stop: int) -> None:
-        scratch = None if gradient is not None else _buffer(block_rows, classes, logits.dtype)
+        scratch = None if gradient is not None else _buffer(block_rows, classes, dtype)
         for lo in range(start, stop, block_rows):
             hi = min(lo + block_rows, stop)
             block = logits[lo:hi]
             out = scratch[: hi - lo] if gradient is None else gradient[lo:hi]  # type: ignore[index]
+            if convert:
+                out[...] = block
+                block = out
             shift = _row_max(block)
             shift[~np.isfinite(shift)] = 0.0  # a row of all -inf: exp gives 0, not NaN
             np.subtract(block, shift[:, None], out=out)
@@ -182,7 +187,7 @@ def _statistics(
                 out[local, index[lo:hi]] -= target_term[lo:hi]
 
     _run_blocks(rows, classes, work)
-    shape = p.scores.shape[:-1]
+    shape = p.predictions.shape[:-1]
     return (
         log_norm.reshape(shape),
         picked.reshape(shape),
@@ -208,7 +213,7 @@ def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> Any:
     # The mean's 1 / W goes into the block loop: no second pass over the gradient.
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = float(1.0 / weight_sum) if p.reduction == "mean" else 1.0
-    gradient = np.empty(p.scores.shape, dtype=p.scores.dtype)
+    gradient = np.empty(p.predictions.shape, dtype=p.compute_dtype)
     statistics = _statistics(p, logits, terms, gradient.reshape(-1, p.num_classes), scale)
     loss = reduce(p, Pass(terms.loss(p, *statistics), weight_sum, None))
     return loss, p.finish(p.restore_axis(gradient))

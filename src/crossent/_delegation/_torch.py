@@ -21,6 +21,9 @@ def _class_first(x: torch.Tensor) -> torch.Tensor:
     return x if x.ndim < 2 else x.movedim(-1, 1)
 
 
+_FLOATS = (torch.float32, torch.float64)
+
+
 def logsumexp(x: torch.Tensor, axes: tuple[int, ...]) -> Array:
     return torch.logsumexp(x, dim=axes, keepdim=True)
 
@@ -39,8 +42,23 @@ def log_sigmoid(x: torch.Tensor) -> Array:
 
 def cross_entropy(p: Classes, smoothing: float) -> Array:
     target = p.target if p.index_target else _class_first(p.target)
+    logits = _class_first(p.predictions)
+    if logits.dtype not in _FLOATS:
+        # float16 and bfloat16: torch's log_softmax reads them and computes and writes float32
+        # in one pass, where converting first would take two. cross_entropy of log-probabilities
+        # is the same loss (their log normaliser is 0).
+        logits = torch.log_softmax(logits, dim=1 if logits.ndim > 1 else 0, dtype=torch.float32)
+        if p.index_target and smoothing == 0.0:
+            out = F.nll_loss(
+                logits,
+                target,
+                weight=p.weight,
+                ignore_index=p.ignore_index,
+                reduction=p.reduction,
+            )
+            return p.finish(out)
     out = F.cross_entropy(
-        _class_first(p.scores),
+        logits,
         target,
         weight=p.weight,
         ignore_index=p.ignore_index,
@@ -51,8 +69,10 @@ def cross_entropy(p: Classes, smoothing: float) -> Array:
 
 
 def nll_loss(p: Classes) -> Array:
+    if p.predictions.dtype not in _FLOATS:
+        return None  # the generic path converts only the gathered entries to float32
     out = F.nll_loss(
-        _class_first(p.scores),
+        _class_first(p.predictions),
         p.target,
         weight=p.weight,
         ignore_index=p.ignore_index,
@@ -74,3 +94,135 @@ def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
         p.pred, p.target, weight=p.weight, pos_weight=p.pos_weight, reduction=p.reduction
     )
     return p.finish(out)
+
+
+# --- Direct calls: CPU tensors straight to torch, before crossent's preparation ---------------
+#
+# Each takes the public function's arguments, with its defaults (tests/test_delegation.py checks
+# the signatures are the same). It declines (returns None) where torch's numbers would not be
+# crossent's: half precision (crossent computes it in float32), mixed dtypes (torch promotes,
+# crossent keeps the predictions' dtype), options that are not plain Python values. torch
+# checks the rest itself; where it raises, the full path runs and raises crossent's error. On
+# CUDA a bad class index is a device-side assert, not an exception: CUDA tensors take the full
+# path, which checks indices first.
+
+_TORCH_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+
+
+def _plain(x: torch.Tensor, axis: object, reduction: object, *options: object) -> bool:
+    """Whether the options are the plain Python values torch and crossent read alike, with
+    ``axis`` in range (torch reads no axis of a 1-d input)."""
+    return (
+        type(axis) is int
+        and -x.ndim <= axis < x.ndim
+        and type(reduction) is str
+        and all(type(o) in (int, float, type(None)) for o in options)
+    )
+
+
+def _same_dtype(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    return x.dtype in _FLOATS and all(
+        o is None or (isinstance(o, torch.Tensor) and o.dtype == x.dtype) for o in others
+    )
+
+
+def _torch_layout(x: torch.Tensor, axis: int) -> torch.Tensor:
+    if x.ndim < 2 or axis in (1, 1 - x.ndim):
+        return x
+    return x.movedim(axis, 1)
+
+
+def direct_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    axis: int = -1,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Array:
+    if not (
+        isinstance(target, torch.Tensor)
+        and _same_dtype(logits, weight, target if target.is_floating_point() else None)
+        and _plain(logits, axis, reduction, ignore_index, label_smoothing)
+        and 0.0 <= label_smoothing <= 1.0  # torch takes any value
+    ):
+        return None
+    try:
+        if target.is_floating_point():
+            target = _torch_layout(target, axis)
+        return F.cross_entropy(
+            _torch_layout(logits, axis),
+            target,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+    except _TORCH_ERRORS:
+        return None
+
+
+def direct_nll_loss(
+    log_probs: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    axis: int = -1,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Array:
+    if not (
+        isinstance(target, torch.Tensor)
+        and _same_dtype(log_probs, weight)
+        and _plain(log_probs, axis, reduction, ignore_index)
+    ):
+        return None
+    try:
+        return F.nll_loss(
+            _torch_layout(log_probs, axis),
+            target,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+    except _TORCH_ERRORS:
+        return None
+
+
+def direct_binary_cross_entropy(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    eps: float | None = None,
+) -> Array:
+    if not (_same_dtype(probs, target, weight) and _plain(probs, -1, reduction, eps)):
+        return None
+    if eps is not None and not 0.0 <= eps < 0.5:
+        return None
+    try:
+        clipped = probs if eps is None else torch.clamp(probs, eps, 1.0 - eps)
+        return F.binary_cross_entropy(clipped, target, weight=weight, reduction=reduction)
+    except _TORCH_ERRORS:
+        return None
+
+
+def direct_binary_cross_entropy_with_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> Array:
+    if not (_same_dtype(logits, target, weight, pos_weight) and _plain(logits, -1, reduction)):
+        return None
+    try:
+        return F.binary_cross_entropy_with_logits(
+            logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction
+        )
+    except _TORCH_ERRORS:
+        return None
