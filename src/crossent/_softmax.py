@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from array_api_compat import device
 
-from ._delegation import as_array, fast_path, public_function
+from ._delegation import as_array, constant, fast_path, public_function
 from ._typing import Array, Namespace
 from ._validation import check_real_floating, compute_dtype, get_namespace, normalize_axis
 
@@ -33,6 +33,7 @@ def stable_max(xp: Namespace, x: Array, axis: int | tuple[int, ...]) -> Array:
 
     Shifting by the maximum keeps ``exp`` in range; a row of all ``-inf`` would otherwise be
     shifted by ``-inf`` and give ``-inf - (-inf) = NaN`` instead of an exact 0 after ``exp``.
+    The shift cancels out of every result, so autodiff may treat it as a constant.
     """
     if 0 in x.shape:  # nothing to shift; Dask's max fails on empty chunks
         axes = (axis,) if isinstance(axis, int) else axis
@@ -40,7 +41,7 @@ def stable_max(xp: Namespace, x: Array, axis: int | tuple[int, ...]) -> Array:
             1 if a in axes or a - len(x.shape) in axes else s for a, s in enumerate(x.shape)
         )
         return xp.zeros(shape, dtype=x.dtype, device=device(x))
-    m = xp.max(x, axis=axis, keepdims=True)
+    m = constant(xp, xp.max(x, axis=axis, keepdims=True))
     return xp.where(xp.isfinite(m), m, 0.0)
 
 
@@ -49,18 +50,6 @@ def log_of_sum(xp: Namespace, total: Array) -> Array:
     with no NaN gradient and no warning there."""
     positive = total > 0
     return xp.where(positive, xp.log(xp.where(positive, total, 1.0)), -xp.inf)
-
-
-def shifted_log_normalizer(xp: Namespace, x: Array) -> tuple[Array, Array]:
-    """``(x - m, log(sum(exp(x - m))))`` along the last axis, for ``m`` the row maximum.
-
-    ``log_softmax(x) = shifted - log_normalizer[..., None]`` and
-    ``logsumexp = m + log_normalizer``. Keeping the two apart is what makes ``cross_entropy``
-    exact for large logits: the gathered ``shifted`` value is exact, and the logarithm of a sum
-    between 1 and C loses nothing.
-    """
-    shifted = x - stable_max(xp, x, -1)
-    return shifted, log_of_sum(xp, xp.sum(xp.exp(shifted), axis=-1))
 
 
 @public_function
