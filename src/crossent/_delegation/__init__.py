@@ -134,15 +134,17 @@ def public_function(func: F) -> F:
       ``-inf`` logits is a result, not an accident.
     """
     name = func.__name__
+    direct: list[Callable[..., Any] | None] = []  # torch's direct call, looked up once
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if args and _is_cpu_torch_tensor(args[0]) and _FAST_PATHS.get():
-            from . import _torch
+            if not direct:
+                from . import _torch
 
-            direct = getattr(_torch, f"direct_{name}", None)
-            if direct is not None:
-                out = direct(*args, **kwargs)
+                direct.append(getattr(_torch, f"direct_{name}", None))
+            if direct[0] is not None:
+                out = direct[0](*args, **kwargs)
                 if out is not None:
                     return out
         with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
@@ -152,5 +154,6 @@ def public_function(func: F) -> F:
 
 
 def _is_cpu_torch_tensor(x: object) -> bool:
+    # Never imports torch: a torch tensor can only exist once torch is in sys.modules.
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cpu"
+    return torch is not None and isinstance(x, torch.Tensor) and x.is_cpu

@@ -109,21 +109,28 @@ def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
 _TORCH_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
 
 
+_PLAIN = (int, float, type(None))
+
+
 def _plain(x: torch.Tensor, axis: object, reduction: object, *options: object) -> bool:
     """Whether the options are the plain Python values torch and crossent read alike, with
     ``axis`` in range (torch reads no axis of a 1-d input)."""
-    return (
-        type(axis) is int
-        and -x.ndim <= axis < x.ndim
-        and type(reduction) is str
-        and all(type(o) in (int, float, type(None)) for o in options)
-    )
+    if type(axis) is not int or type(reduction) is not str or not -x.ndim <= axis < x.ndim:
+        return False
+    for option in options:
+        if type(option) not in _PLAIN:
+            return False
+    return True
 
 
 def _same_dtype(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    return x.dtype in _FLOATS and all(
-        o is None or (isinstance(o, torch.Tensor) and o.dtype == x.dtype) for o in others
-    )
+    dtype = x.dtype
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        return False
+    for other in others:
+        if other is not None and (not isinstance(other, torch.Tensor) or other.dtype != dtype):
+            return False
+    return True
 
 
 def _torch_layout(x: torch.Tensor, axis: int) -> torch.Tensor:
