@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._classes import Classes
+from .._classes import Classes, Pass, picks, reduce
 from .._pointwise import Pointwise
 from .._typing import Array
 
@@ -70,7 +70,15 @@ def cross_entropy(p: Classes, smoothing: float) -> Array:
 
 def nll_loss(p: Classes) -> Array:
     if p.predictions.dtype not in _FLOATS:
-        return None  # the generic path converts only the gathered entries to float32
+        # float16 and bfloat16: torch's kernel gathers -x_y exactly (0 where ignored), and its
+        # backward scatters without the conversions that make torch's generic scatter slow;
+        # weights and sums are then float32, where torch's half kernel would round them.
+        negated = F.nll_loss(
+            _class_first(p.predictions), p.target, ignore_index=p.ignore_index, reduction="none"
+        )
+        pick = picks(p)
+        loss = pick.weight * negated.to(torch.float32)
+        return reduce(p, Pass(loss, torch.sum(pick.weight), None))
     out = F.nll_loss(
         _class_first(p.predictions),
         p.target,
