@@ -8,6 +8,7 @@ benchmark page shows. Ratios are ``time(crossent) / time(peer)``: below 1 means 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -18,8 +19,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-
-import contextlib
 
 import harness  # noqa: E402
 import suites  # noqa: E402
