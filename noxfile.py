@@ -80,6 +80,16 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The site in docs/_build/html, warnings as errors, every example run (doctest)."""
+    session.install("-e", ".[docs]")
+    env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    common = ["-W", "--keep-going", "-d", "docs/_build/doctrees", "docs"]
+    session.run("sphinx-build", "-b", "html", *common, "docs/_build/html", env=env)
+    session.run("sphinx-build", "-b", "doctest", *common, "docs/_build/doctest", env=env)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark suite (never part of the test run): ``nox -s bench -- --help``."""
     session.install("-e", ".[bench]")

@@ -71,6 +71,25 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave this session's counts in ``.test-results/``: the docs' support matrix shows them."""
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller reports
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    import json
+    import time
+
+    counts = {k: len(reporter.stats.get(k, [])) for k in ("passed", "failed", "skipped")}
+    counts["failed"] += len(reporter.stats.get("error", []))
+    folder = Path(__file__).resolve().parents[1] / ".test-results"
+    folder.mkdir(exist_ok=True)
+    record = {**counts, "date": time.strftime("%Y-%m-%d"), "module": SESSION.module}
+    path = folder / f"{SESSION.backend}-{SESSION.device}.json"
+    path.write_text(json.dumps(record) + "\n")
+
+
 @pytest.fixture(scope="session")
 def xp() -> Any:
     """The ``array_api_compat`` namespace of the backend under test."""

@@ -1,0 +1,248 @@
+"""Sphinx directives that write tables from the project's own files, never by hand.
+
+- ``support-matrix``: backends x devices from ``backends/*.toml``, each capability probed by
+  running crossent on that backend while the docs build (jit, autodiff, lazy evaluation,
+  analytic gradients, agreement with torch), beside the counts of the last test session of that
+  pair found in ``.test-results/`` (written by ``tests/conftest.py``).
+- ``benchmark-results``: the figures of ``benchmarks/results.json`` and the machine they came
+  from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "backends"))
+import matrix  # noqa: E402
+
+import crossent  # noqa: E402
+
+YES, NO, NOT_HERE, NONE = "yes", "**no**", "not run here", "—"
+
+
+def _list_table(header: list[str], rows: list[list[str]], widths: str = "auto") -> list[str]:
+    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
+    for row in [header, *rows]:
+        lines.append(f"   * - {row[0]}")
+        lines.extend(f"     - {cell}" for cell in row[1:])
+    return lines
+
+
+class _TableDirective(SphinxDirective):
+    def render(self, lines: list[str]) -> list[nodes.Node]:
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return list(container.children)
+
+
+# --- The support matrix ------------------------------------------------------------------------
+
+_LOGITS = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1e4, -1e4, 0.0]])
+_TARGET = np.array([0, 2, 1])
+
+
+def _reference() -> tuple[float, np.ndarray]:
+    torch = importlib.import_module("torch")
+    functional = importlib.import_module("torch.nn.functional")
+    logits = torch.tensor(_LOGITS, requires_grad=True)
+    loss = functional.cross_entropy(logits, torch.tensor(_TARGET))
+    loss.backward()
+    return float(loss), logits.grad.numpy()
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    library = type(x).__module__.split(".")[0]
+    if library == "torch":
+        return x.detach().cpu().numpy()
+    if library == "dask":
+        return np.asarray(x.compute())
+    if library == "cupy":
+        return x.get()
+    if library == "array_api_strict":
+        return np.from_dlpack(x)
+    return np.asarray(x)
+
+
+def _probe(spec: matrix.Session) -> dict[str, str]:
+    """Run crossent on one backend now; what each capability showed."""
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError:
+        return dict.fromkeys(_CAPABILITIES, f"{NOT_HERE} (not installed)")
+    if spec.device != "cpu":
+        return dict.fromkeys(_CAPABILITIES, f"{NOT_HERE} (no {spec.device} device)")
+    if spec.backend == "jax":
+        importlib.import_module("jax").config.update("jax_enable_x64", True)
+    loss_ref, grad_ref = _reference()
+    logits, target = module.asarray(_LOGITS), module.asarray(_TARGET)
+    out: dict[str, str] = {}
+    loss = crossent.cross_entropy(logits, target)
+    out["agrees with torch"] = YES if np.isclose(_to_numpy(loss), loss_ref, rtol=1e-12) else NO
+    value, grad = crossent.value_and_grad(crossent.cross_entropy)(logits, target)
+    out["analytic gradients"] = YES if np.allclose(_to_numpy(grad), grad_ref, rtol=1e-12) else NO
+    out["jit"] = NONE
+    out["autodiff"] = NONE
+    out["lazy"] = "eager"
+    if spec.backend == "jax":
+        jax = importlib.import_module("jax")
+        jitted = jax.jit(crossent.cross_entropy)(logits, target)
+        out["jit"] = YES if np.isclose(_to_numpy(jitted), loss_ref, rtol=1e-12) else NO
+        auto = jax.grad(crossent.cross_entropy)(logits, target)
+        out["autodiff"] = "jax.grad: " + (YES if np.allclose(auto, grad_ref) else NO)
+        out["lazy"] = "traced under jit"
+    if spec.backend == "torch":
+        leaf = module.tensor(_LOGITS, requires_grad=True)
+        crossent.cross_entropy(leaf, target).backward()
+        ok = np.allclose(leaf.grad.numpy(), grad_ref, rtol=1e-12)
+        out["autodiff"] = "autograd: " + (YES if ok else NO)
+    if spec.backend == "dask":
+        dask = importlib.import_module("dask")
+        computed: list[int] = []
+
+        def count(*args: Any, **kwargs: Any) -> Any:
+            computed.append(1)
+            return dask.get(*args, **kwargs)
+
+        with dask.config.set(scheduler=count):
+            lazy = crossent.cross_entropy(module.from_array(_LOGITS, chunks=2), target)
+        built_lazily = not computed and type(lazy).__module__.startswith("dask")
+        out["lazy"] = "built lazily: " + (YES if built_lazily else NO)
+    return out
+
+
+_CAPABILITIES = ["agrees with torch", "analytic gradients", "jit", "autodiff", "lazy"]
+
+
+def _test_results(spec: matrix.Session) -> str:
+    path = ROOT / ".test-results" / f"{spec.backend}-{spec.device}.json"
+    if not path.exists():
+        return "no run here"
+    record = json.loads(path.read_text())
+    failed = record.get("failed", 0)
+    text = f"{record.get('passed', 0)} passed, {record.get('skipped', 0)} skipped"
+    if failed:
+        text += f", **{failed} failed**"
+    return f"{text} ({record.get('date', '?')})"
+
+
+class SupportMatrix(_TableDirective):
+    """``.. support-matrix::``: one row per (backend, device) of ``backends/``."""
+
+    def run(self) -> list[nodes.Node]:
+        rows = []
+        for spec in matrix.sessions():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    probed = _probe(spec)
+                except Exception as error:  # shown, not hidden: the build still fails on -W
+                    probed = dict.fromkeys(_CAPABILITIES, f"**error**: {error}")
+            name = f"``{spec.backend}``"
+            rows.append(
+                [name, spec.device, *[probed[c] for c in _CAPABILITIES], _test_results(spec)]
+            )
+        header = ["backend", "device", *_CAPABILITIES, "last test session here"]
+        lines = _list_table(header, rows)
+        lines += [
+            "",
+            f"*Probed while these docs were built, {time.strftime('%Y-%m-%d')}, from the "
+            f"files in* ``backends/``.",
+        ]
+        return self.render(lines)
+
+
+# --- Benchmarks --------------------------------------------------------------------------------
+
+
+def _load_results() -> dict[str, Any]:
+    return json.loads((ROOT / "benchmarks" / "results.json").read_text())
+
+
+def _mib(value: int | None) -> str:
+    return NONE if value is None else f"{value / 2**20:,.1f}"
+
+
+class BenchmarkMachine(_TableDirective):
+    """``.. benchmark-machine::``: what the figures were measured on."""
+
+    def run(self) -> list[nodes.Node]:
+        data = _load_results()
+        machine, versions = data["machine"], data["versions"]
+        rows = [[k, f"{v}"] for k, v in machine.items()]
+        rows += [[name, version] for name, version in versions.items()]
+        return self.render(_list_table(["", ""], rows, "1 3"))
+
+
+class BenchmarkResults(_TableDirective):
+    """``.. benchmark-results:: SUITE``: every comparison of one suite, with its target."""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        data = _load_results()
+        suite = self.arguments[0]
+        targets = {(t["suite"], t["name"], tuple(t["shape"])): t["ratio"] for t in data["targets"]}
+        rows = []
+        for r in data["results"]:
+            if r["suite"] != suite:
+                continue
+            target = targets.get((r["suite"], r["name"], tuple(r["shape"])))
+            if r["dtype"] != "float32":
+                target = None
+            verdict = (
+                NONE
+                if target is None
+                else (f"≤ {target}: " + ("met" if r["ratio"] <= target else "**missed**"))
+            )
+            rows.append(
+                [
+                    f"{r['shape'][0]} x {r['shape'][1]}",
+                    r["dtype"],
+                    r["name"],
+                    f"**{r['ratio']:.2f}**",
+                    verdict,
+                    f"{r['ours_seconds'] * 1e3:.2f}",
+                    f"{r['peer_seconds'] * 1e3:.2f}",
+                    _mib(_extra(r["ours_peak_bytes"], r["output_bytes"])),
+                    _mib(r["peer_peak_bytes"]),
+                    r["peer"],
+                ]
+            )
+        header = [
+            "(N, C)",
+            "dtype",
+            "comparison",
+            "ratio",
+            "target",
+            "crossent ms",
+            "peer ms",
+            "crossent MiB",
+            "peer MiB",
+            "peer",
+        ]
+        return self.render(_list_table(header, rows))
+
+
+def _extra(peak: int | None, output: int) -> int | None:
+    """Peak memory beyond what crossent returns (a gradient)."""
+    return None if peak is None else max(0, peak - output)
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("support-matrix", SupportMatrix)
+    app.add_directive("benchmark-results", BenchmarkResults)
+    app.add_directive("benchmark-machine", BenchmarkMachine)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
