@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -131,11 +132,16 @@ def table(results: list[harness.Comparison]) -> str:
     return "\n".join(lines)
 
 
+_TICKS = [1 / 32, 1 / 16, 1 / 8, 1 / 4, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 2, 4, 8, 16, 32]
+# (the powers of 2 among them serve wide ranges; 0.8 to 1.25 narrow ones)
+
+
 def plot(results: list[harness.Comparison], machine: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     families = [s for s in ("numpy", "torch", "jax") if any(r.suite == s for r in results)]
     fig, axes = plt.subplots(
@@ -145,7 +151,8 @@ def plot(results: list[harness.Comparison], machine: dict[str, Any], path: Path)
         rows = [r for r in results if r.suite == family]
         names = list(dict.fromkeys(f"{r.name} [{r.dtype}]" for r in rows))
         shapes = list(dict.fromkeys(tuple(r.shape) for r in rows))
-        width = 0.8 / max(1, len(shapes))
+        offset = 0.7 / max(1, len(shapes))
+        low, high = 1.0, 1.0
         for k, shape in enumerate(shapes):
             values = []
             for name in names:
@@ -153,15 +160,34 @@ def plot(results: list[harness.Comparison], machine: dict[str, Any], path: Path)
                     r for r in rows if f"{r.name} [{r.dtype}]" == name and tuple(r.shape) == shape
                 ]
                 values.append(match[0].ratio if match else float("nan"))
-            positions = [i + (k - (len(shapes) - 1) / 2) * width for i in range(len(names))]
-            ax.barh(positions, values, height=width, label=f"{shape[0]} x {shape[1]}")
+            positions = [i + (k - (len(shapes) - 1) / 2) * offset for i in range(len(names))]
+            color = f"C{k}"
+            # a lollipop from parity: on a log axis its length is the factor
+            ax.hlines(positions, 1.0, values, color=color, linewidth=2)
+            ax.plot(
+                values, positions, "o", color=color, markersize=4, label=f"{shape[0]} x {shape[1]}"
+            )
+            finite = [v for v in values if v == v]
+            low, high = min(low, *finite), max(high, *finite)
         ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_xscale("log")  # ratios are multiplicative: 0.5 and 2 are as far from 1
+        steps = _TICKS if high / low < 4 else [t for t in _TICKS if math.log2(t).is_integer()]
+        ticks = [t for t in steps if low / 1.2 <= t <= high * 1.2]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlim(low / 1.2, high * 1.2)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set_title(
             f"{family}: time(crossent) / time(peer), median of interleaved pairs", fontsize=9
         )
-        ax.legend(fontsize=7, title="(N, C)", title_fontsize=7)
+        ax.legend(
+            fontsize=7,
+            title="(N, C)",
+            title_fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+        )
     fig.suptitle(
         f"{machine['cpu']}, {machine['cores']} cores, {machine['date']}: below 1, crossent wins",
         fontsize=9,
@@ -187,7 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, default=PLOT)
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="measure nothing: redraw the plot from --output's results",
+    )
     args = parser.parse_args(argv)
+
+    if args.plot_only:
+        saved = json.loads(args.output.read_text())
+        results = [
+            harness.Comparison(**{**r, "shape": tuple(r["shape"])}) for r in saved["results"]
+        ]
+        plot(results, saved["machine"], args.plot)
+        print(table(results))
+        return 0
 
     machine = harness.machine()
     print(f"crossent benchmarks on {machine['cpu']}, {machine['cores']} cores")

@@ -132,7 +132,8 @@ def binary_cross_entropy_pass(
     xp = p.xp
     probs, inside = (p.pred, None) if eps is None else clip_probs(xp, p.pred, eps)
     log_p, log_not_p = floored_logs(xp, probs)
-    loss = -(p.target * log_p + (1.0 - p.target) * log_not_p)
+    # written as two subtractions so that a loss of exactly 0 is +0, as torch's, not -0
+    loss = 0.0 - p.target * log_p - (1.0 - p.target) * log_not_p
     grad = None
     if gradient:
         grad = (probs - p.target) / xp.maximum(probs * (1.0 - probs), GRADIENT_FLOOR)

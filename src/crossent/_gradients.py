@@ -139,7 +139,7 @@ def value_and_grad(fn: Callable[..., Array]) -> Callable[..., tuple[Array, Array
 
     See Also
     --------
-    grad : the gradient alone.
+    grad : The gradient alone.
 
     Notes
     -----
@@ -209,7 +209,7 @@ def grad(fn: Callable[..., Array]) -> Callable[..., Array]:
 
     See Also
     --------
-    value_and_grad : the loss and its gradient, in one pass.
+    value_and_grad : The loss and its gradient, in one pass.
 
     Examples
     --------

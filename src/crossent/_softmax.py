@@ -222,7 +222,7 @@ def softplus_pair(xp: Namespace, x: Array) -> tuple[Array, Array, Array]:
 
 def log_sigmoid_of(xp: Namespace, x: Array) -> Array:
     """``log(sigmoid(x)) = -softplus(-x)``: no overflow, and the true derivative everywhere."""
-    return -softplus_pair(xp, x)[1]
+    return 0.0 - softplus_pair(xp, x)[1]  # 0 - 0 is +0 where -0 would print as "-0."
 
 
 @public_function

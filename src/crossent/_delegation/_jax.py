@@ -23,7 +23,7 @@ from .._typing import Array
 @jax.custom_jvp
 def _binary_cross_entropy_terms(probs: Array, target: Array) -> Array:
     log_p, log_not_p = floored_logs(jnp, probs)
-    return -(target * log_p + (1.0 - target) * log_not_p)
+    return 0.0 - target * log_p - (1.0 - target) * log_not_p
 
 
 @_binary_cross_entropy_terms.defjvp
@@ -33,7 +33,7 @@ def _binary_cross_entropy_terms_jvp(
     probs, target = primals
     d_probs, d_target = tangents
     log_p, log_not_p = floored_logs(jnp, probs)
-    loss = -(target * log_p + (1.0 - target) * log_not_p)
+    loss = 0.0 - target * log_p - (1.0 - target) * log_not_p
     slope = (probs - target) / jnp.maximum(probs * (1.0 - probs), GRADIENT_FLOOR)
     return loss, slope * d_probs + (log_not_p - log_p) * d_target
 
