@@ -71,9 +71,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+def _whole_suite(config: pytest.Config) -> bool:
+    """Whether this run is the whole suite (as nox runs it), not a file or a selection."""
+    root = Path(__file__).resolve().parents[1]
+    whole = {root / "tests", root / "src" / "crossent"}
+    args = list(config.invocation_params.args)
+    if any(a in ("-k", "-m", "--lf", "--last-failed") or a.startswith(("-k", "-m")) for a in args):
+        return False
+    here = config.invocation_params.dir
+    paths = [here / a.split("::")[0] for a in args if not a.startswith("-")]
+    # option values (-p no:cacheprovider) are not paths on disk, and are passed over
+    return all(p.resolve() in whole for p in paths if p.exists())
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Leave this session's counts in ``.test-results/``: the docs' support matrix shows them."""
     if hasattr(session.config, "workerinput"):  # an xdist worker: the controller reports
+        return
+    if not _whole_suite(session.config):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
