@@ -33,9 +33,12 @@ import crossent  # noqa: E402
 YES, NO, NOT_HERE, NONE = "yes", "**no**", "not run here", "—"
 
 
-def _list_table(header: list[str], rows: list[list[str]], widths: str = "auto") -> list[str]:
-    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
-    for row in [header, *rows]:
+def _list_table(
+    header: list[str] | None, rows: list[list[str]], widths: str = "auto"
+) -> list[str]:
+    lines = [".. list-table::", f"   :header-rows: {0 if header is None else 1}"]
+    lines += [f"   :widths: {widths}", ""]
+    for row in rows if header is None else [header, *rows]:
         lines.append(f"   * - {row[0]}")
         lines.extend(f"     - {cell}" for cell in row[1:])
     return lines
@@ -183,7 +186,7 @@ class BenchmarkMachine(_TableDirective):
         machine, versions = data["machine"], data["versions"]
         rows = [[k, f"{v}"] for k, v in machine.items()]
         rows += [[name, version] for name, version in versions.items()]
-        return self.render(_list_table(["", ""], rows, "1 3"))
+        return self.render(_list_table(None, rows, "1 3"))
 
 
 class BenchmarkResults(_TableDirective):

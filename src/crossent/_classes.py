@@ -1,8 +1,9 @@
 """The arguments of a categorical loss, checked once and put in one canonical form.
 
 Every categorical loss (``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``) and its
-gradient work on a :class:`Classes`: the predictions with the class axis moved last and cast to
-the compute dtype, the target as class indices or as class probabilities, and the options.
+gradient work on a :class:`Classes`: the predictions with the class axis moved last (and, on
+first use, in the compute dtype), the target as class indices or as class probabilities, and
+the options.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class Classes:
     #: The predictions (logits, log-probabilities or probabilities), class axis last, in the
     #: caller's dtype. ``scores`` has them in the compute dtype.
     predictions: Array
-    #: Class indices, shape ``scores.shape[:-1]``; or class probabilities, shape ``scores.shape``
-    #: in the compute dtype.
+    #: Class indices, shape ``predictions.shape[:-1]``, in the default integer dtype; or class
+    #: probabilities, shape ``predictions.shape``, class axis last, in the compute dtype.
     target: Array
     #: One weight per class, shape ``(C,)``, in the compute dtype; or None.
     weight: Array | None
@@ -55,7 +56,7 @@ class Classes:
     def scores(self) -> Array:
         """The predictions in the compute dtype (float32 for float16 and bfloat16), made on
         first use: a path that reads only the target's entries converts only those."""
-        return self.xp.astype(self.predictions, compute_dtype(self.xp, self.dtype), copy=False)
+        return self.xp.astype(self.predictions, self.compute_dtype, copy=False)
 
     @property
     def compute_dtype(self) -> DType:
