@@ -143,6 +143,9 @@ def value_and_grad(fn: Callable[..., Array]) -> Callable[..., tuple[Array, Array
 
     Notes
     -----
+    **Shape.** The loss has the shape ``fn`` gives it; the gradient has the shape of the
+    predictions, the first argument.
+
     On JAX and PyTorch, autodiff through crossent's losses gives the same gradients; this
     function is for backends without autodiff, and is one pass where autodiff takes two.
 
@@ -210,6 +213,10 @@ def grad(fn: Callable[..., Array]) -> Callable[..., Array]:
     See Also
     --------
     value_and_grad : The loss and its gradient, in one pass.
+
+    Notes
+    -----
+    **Shape.** The gradient has the shape of the predictions, the first argument.
 
     Examples
     --------

@@ -87,7 +87,7 @@ def logsumexp(
 
     Notes
     -----
-    Shape: ``x`` of any shape; the output has ``x``'s shape without the reduced axes (or with
+    **Shape.** ``x``: any shape; output: ``x``'s shape without the reduced axes (or with
     them of length 1 if ``keepdims``). float16 and bfloat16 are computed in float32.
 
     Examples
@@ -144,6 +144,11 @@ def softmax(x: Array, *, axis: int = -1) -> Array:
     ValueError
         If ``axis`` is out of range.
 
+    Notes
+    -----
+    **Shape.** ``x``: any shape, ``(N, C)`` with ``C`` classes along ``axis``; output: the
+    same shape. float16 and bfloat16 are computed in float32.
+
     Examples
     --------
     >>> import numpy as np
@@ -187,6 +192,11 @@ def log_softmax(x: Array, *, axis: int = -1) -> Array:
         If ``x`` is not an array or has no real floating dtype.
     ValueError
         If ``axis`` is out of range.
+
+    Notes
+    -----
+    **Shape.** ``x``: any shape, ``(N, C)`` with ``C`` classes along ``axis``; output: the
+    same shape. float16 and bfloat16 are computed in float32.
 
     Examples
     --------
@@ -247,6 +257,11 @@ def log_sigmoid(x: Array) -> Array:
     ------
     TypeError
         If ``x`` is not an array or has no real floating dtype.
+
+    Notes
+    -----
+    **Shape.** ``x``: any shape; output: the same shape, elementwise. float16 and bfloat16
+    are computed in float32.
 
     Examples
     --------
