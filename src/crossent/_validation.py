@@ -92,11 +92,6 @@ def check_real_floating(xp: Namespace, name: str, x: Array) -> None:
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
 
 
-def check_integer(xp: Namespace, name: str, x: Array, why: str) -> None:
-    if not xp.isdtype(x.dtype, "integral"):
-        raise TypeError(f"{name} {why} must have an integer dtype, got {x.dtype}")
-
-
 def compute_dtype(xp: Namespace, dtype: DType) -> DType:
     """The dtype a loss is computed in: float32 for float16 and bfloat16, else ``dtype``."""
     if dtype == xp.float64 or dtype == xp.float32:
