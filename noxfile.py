@@ -65,18 +65,19 @@ def tests(session: nox.Session, backend: str, device: str) -> None:
     if backend == "numpy" and not args:
         # the docstrings' examples too; the torch and JAX fast paths import their framework
         args = ["tests", "--doctest-modules", "src/crossent"]
-        args += ["--ignore=src/crossent/_delegation/_torch.py"]
-        args += ["--ignore=src/crossent/_delegation/_jax.py"]
+        args += ["--ignore=src/crossent/_backends/_torch.py"]
+        args += ["--ignore=src/crossent/_backends/_jax.py"]
     session.run("python", "-m", "pytest", *args, env=env)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff on everything; mypy, strict, on src/."""
-    session.install("ruff==0.17.6", "mypy==2.4.1", "-e", ".")
+    """ruff on everything; mypy, strict, on src/; the import contracts of pyproject.toml."""
+    session.install("ruff==0.17.6", "mypy==2.4.1", "import-linter==2.17", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from oracle import T
 
 import crossent
-from crossent._delegation import generic_only
+from crossent._dispatch import generic_only
 
 SHAPES = {"N": (7,), "NC": (6, 4), "NCd": (3, 4, 2), "scalar": ()}
 

@@ -12,7 +12,7 @@ from conftest import to_numpy
 from oracle import T
 
 import crossent
-from crossent._delegation import generic_only
+from crossent._dispatch import generic_only
 
 CASES = all_cases()
 LOSSES = [

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from ._categorical import clip_probs, out_of_unit_interval
-from ._classes import check_probabilities, mark_bad
-from ._delegation import dispatch, public_function
-from ._pointwise import Pointwise, prepare_pointwise
-from ._softmax import softplus_pair
-from ._typing import Array, Namespace
-from ._validation import check_eps
+from ._dispatch import dispatch, public_function
+from ._generic import _binary as generic
+from ._generic._problems import Pointwise, prepare_pointwise
+from ._typing import Array
+from ._validation import check_eps, check_probabilities
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits"]
 
-#: torch clamps each logarithm of binary_cross_entropy at -100, so that a probability of exactly
-#: 0 or 1 gives a finite loss.
-LOG_FLOOR = -100.0
 
-
-@public_function
+@public_function(generic.binary_cross_entropy)
 def binary_cross_entropy(
     probs: Array,
     target: Array,
@@ -86,7 +80,7 @@ def binary_cross_entropy(
     p, options = prepare_binary_cross_entropy(
         probs, target, weight=weight, reduction=reduction, eps=eps
     )
-    return dispatch("binary_cross_entropy", _binary_cross_entropy, p, *options)
+    return dispatch(p.xp, generic.binary_cross_entropy, p, *options)
 
 
 def prepare_binary_cross_entropy(
@@ -102,58 +96,7 @@ def prepare_binary_cross_entropy(
     return p, (clip,)
 
 
-def floored_logs(xp: Namespace, probs: Array) -> tuple[Array, Array]:
-    """``max(log(p), -100)`` and ``max(log(1 - p), -100)`` for ``p`` in [0, 1].
-
-    The double ``where`` keeps the logarithm away from 0, so that autodiff gets a zero
-    gradient at ``p = 0`` and ``p = 1``, never ``0 * inf = NaN``. ``log1p(-p)``, not
-    ``log(1 - p)``: exact for small ``p``, as torch computes it.
-    """
-    above_zero, below_one = probs > 0, probs < 1
-    log_p = xp.log(xp.where(above_zero, probs, 1.0))
-    log_not_p = xp.log1p(-xp.where(below_one, probs, 0.0))
-    return (
-        xp.where(above_zero, xp.maximum(log_p, LOG_FLOOR), LOG_FLOOR),
-        xp.where(below_one, xp.maximum(log_not_p, LOG_FLOOR), LOG_FLOOR),
-    )
-
-
-#: torch's binary_cross_entropy backward divides by ``max(p (1 - p), 1e-12)``, so that the
-#: gradient is large but finite at probabilities of exactly 0 and 1. Its 1e-12 is a float32
-#: constant: 9.99999996e-13, not the float64 nearest 1e-12.
-GRADIENT_FLOOR = 9.999999960041972e-13
-
-
-def binary_cross_entropy_pass(
-    p: Pointwise, eps: float | None, *, gradient: bool
-) -> tuple[Array, Array | None]:
-    """The elementwise loss, and with ``gradient`` its derivative as torch's backward computes
-    it: ``w (p - t) / max(p (1 - p), 1e-12)``, 0 where ``eps`` clipped ``p``."""
-    xp = p.xp
-    probs, inside = (p.pred, None) if eps is None else clip_probs(xp, p.pred, eps)
-    log_p, log_not_p = floored_logs(xp, probs)
-    # written as two subtractions so that a loss of exactly 0 is +0, as torch's, not -0
-    loss = 0.0 - p.target * log_p - (1.0 - p.target) * log_not_p
-    grad = None
-    if gradient:
-        grad = (probs - p.target) / xp.maximum(probs * (1.0 - probs), GRADIENT_FLOOR)
-        if inside is not None:
-            grad = xp.where(inside, grad, 0.0)
-    if p.weight is not None:
-        loss = loss * p.weight
-        grad = None if grad is None else grad * p.weight
-    if not p.eager:
-        outside = out_of_unit_interval(xp, p.pred, None)
-        loss = mark_bad(xp, loss, outside)
-        grad = None if grad is None else mark_bad(xp, grad, outside)
-    return loss, grad
-
-
-def _binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
-    return p.reduce(binary_cross_entropy_pass(p, eps, gradient=False)[0])
-
-
-@public_function
+@public_function(generic.binary_cross_entropy_with_logits)
 def binary_cross_entropy_with_logits(
     logits: Array,
     target: Array,
@@ -223,9 +166,7 @@ def binary_cross_entropy_with_logits(
     p, options = prepare_binary_cross_entropy_with_logits(
         logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction
     )
-    return dispatch(
-        "binary_cross_entropy_with_logits", _binary_cross_entropy_with_logits, p, *options
-    )
+    return dispatch(p.xp, generic.binary_cross_entropy_with_logits, p, *options)
 
 
 def prepare_binary_cross_entropy_with_logits(
@@ -247,29 +188,3 @@ def prepare_binary_cross_entropy_with_logits(
         label_target=True,
     )
     return p, ()
-
-
-def binary_cross_entropy_with_logits_pass(
-    p: Pointwise, *, gradient: bool
-) -> tuple[Array, Array | None]:
-    """The elementwise loss, and with ``gradient`` its derivative
-    ``w [sigmoid(x) (1 + (q - 1) t) - q t]``; neither overflows for any logit."""
-    xp = p.xp
-    x, t = p.pred, p.target
-    # -log(1 - sigmoid(x)) = softplus(x) and -log(sigmoid(x)) = softplus(-x); exp(-|x|) gives
-    # the sigmoid on both sides of 0 without overflow.
-    negative_term, positive_term, decay = softplus_pair(xp, x)
-    weighted_target = t if p.pos_weight is None else t * p.pos_weight
-    loss = weighted_target * positive_term + (1.0 - t) * negative_term
-    grad = None
-    if gradient:
-        sigmoid = xp.where(x >= 0, 1.0, decay) / (1.0 + decay)
-        grad = sigmoid * (1.0 - t + weighted_target) - weighted_target
-    if p.weight is not None:
-        loss = loss * p.weight
-        grad = None if grad is None else grad * p.weight
-    return loss, grad
-
-
-def _binary_cross_entropy_with_logits(p: Pointwise) -> Array:
-    return p.reduce(binary_cross_entropy_with_logits_pass(p, gradient=False)[0])

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ._classes import (
-    Classes,
-    Pass,
-    Picks,
-    bad_rows,
-    check_probabilities,
-    is_target_class,
-    mark_bad,
-    picks,
-    prepare_classes,
-    reduce,
-    take_class,
-)
-from ._delegation import dispatch, public_function
-from ._softmax import log_of_sum, stable_max
-from ._typing import Array, Namespace
-from ._validation import check_eps, check_unit_interval
+from ._dispatch import dispatch, public_function
+from ._generic import _categorical as generic
+from ._generic._problems import Classes, prepare_classes
+from ._typing import Array
+from ._validation import check_eps, check_probabilities, check_unit_interval
 
 __all__ = ["cross_entropy", "cross_entropy_from_probs", "nll_loss"]
 
@@ -38,7 +24,7 @@ _SHAPE_NOTES = """
 """
 
 
-@public_function
+@public_function(generic.cross_entropy)
 def cross_entropy(
     logits: Array,
     target: Array,
@@ -137,7 +123,7 @@ def cross_entropy(
         reduction=reduction,
         label_smoothing=label_smoothing,
     )
-    return dispatch("cross_entropy", _cross_entropy, p, *options)
+    return dispatch(p.xp, generic.cross_entropy, p, *options)
 
 
 def prepare_cross_entropy(
@@ -164,117 +150,7 @@ def prepare_cross_entropy(
     return p, (check_unit_interval("label_smoothing", label_smoothing),)
 
 
-def smoothed_targets(xp: Namespace, target: Array, smoothing: float) -> Array:
-    """Class probabilities with ``smoothing`` of their mass spread evenly over the classes."""
-    if smoothing == 0.0:
-        return target
-    return target * (1.0 - smoothing) + smoothing / target.shape[-1]
-
-
-@dataclass(frozen=True)
-class IndexTerms:
-    """What cross-entropy with class indices needs besides the rows of logits themselves.
-
-    The rows give three numbers per position, however they are read (at once by the generic
-    path, block by block by the NumPy kernel): the log normaliser ``log sum_c exp(x_c - m)``,
-    the shifted logit of the target ``x_y - m``, and with smoothing ``sum_c w_c (x_c - m)``.
-    This class turns them into losses, and gives the coefficients of the gradient.
-    """
-
-    pick: Picks
-    smoothing: float
-    #: ``w``, or 1.0 without class weights.
-    class_weights: Array | float
-    #: ``sum_c w_c``, or ``C`` without class weights.
-    class_weight_sum: Array | float
-
-    @classmethod
-    def of(cls, p: Classes, smoothing: float) -> IndexTerms:
-        if p.weight is None:
-            return cls(picks(p), smoothing, 1.0, float(p.num_classes))
-        return cls(picks(p), smoothing, p.weight, p.xp.sum(p.weight))
-
-    def loss(self, p: Classes, log_norm: Array, picked: Array, shifted_sum: Array | None) -> Array:
-        """The loss of each position from its three row statistics."""
-        xp, pick, smoothing = p.xp, self.pick, self.smoothing
-        loss = pick.weight * (log_norm - picked)
-        if smoothing > 0.0:
-            assert shifted_sum is not None
-            smooth = self.class_weight_sum * log_norm - shifted_sum
-            loss = (1.0 - smoothing) * loss + (smoothing / p.num_classes) * smooth
-        # where, not a product: an ignored position's nll may be inf, and 0 * inf is NaN.
-        return mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
-
-    def softmax_coefficient(self, p: Classes) -> Array:
-        """``s_n``, the factor of each position's softmax in its gradient."""
-        coefficient = (1.0 - self.smoothing) * self.pick.weight
-        if self.smoothing > 0.0:
-            kept = p.xp.astype(self.pick.kept, coefficient.dtype)
-            share = (self.smoothing / p.num_classes) * self.class_weight_sum
-            coefficient = coefficient + share * kept
-        return coefficient
-
-    def target_term(self) -> Array:
-        """What the gradient loses at each position's target class: ``(1 - eps) w_y``."""
-        return (1.0 - self.smoothing) * self.pick.weight
-
-    def smoothing_term(self, p: Classes) -> Array | None:
-        """What smoothing takes from every class of a kept position: ``(eps / C) w_c``, shaped
-        to broadcast against the rows; None without smoothing."""
-        if self.smoothing == 0.0:
-            return None
-        kept = p.xp.astype(self.pick.kept, p.compute_dtype)[..., None]
-        return (self.smoothing / p.num_classes) * self.class_weights * kept
-
-
-def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
-    """Per-position cross-entropy, and with ``gradient`` the gradient of its sum, in one pass.
-
-    The gradient of position n is ``s_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n)
-    - (eps / C) w``: the softmax comes from the same exponentials as the loss, and the one-hot
-    term is a comparison, never a matrix.
-    """
-    xp = p.xp
-    shift = stable_max(xp, p.scores, -1)
-    shifted = p.scores - shift
-    exp_shifted = xp.exp(shifted)
-    total = xp.sum(exp_shifted, axis=-1)
-    log_norm = log_of_sum(xp, total)
-
-    if not p.index_target:
-        target = smoothed_targets(xp, p.target, smoothing)
-        if p.weight is not None:
-            target = target * p.weight
-        mass = xp.sum(target, axis=-1)
-        loss = log_norm * mass - xp.sum(target * shifted, axis=-1)
-        grad = exp_shifted * (mass / total)[..., None] - target if gradient else None
-        return Pass(loss, None, grad)
-
-    terms = IndexTerms.of(p, smoothing)
-    pick = terms.pick
-    shifted_sum = None
-    if smoothing > 0.0:
-        shifted_sum = xp.sum(shifted * terms.class_weights, axis=-1)
-    # x_y - m, gathered from the logits rather than from x - m: the same subtraction, but XLA
-    # then need not write x - m to memory for the gather (three times faster under jax.jit).
-    picked = take_class(xp, p.scores, pick.index) - shift[..., 0]
-    loss = terms.loss(p, log_norm, picked, shifted_sum)
-    if not gradient:
-        return Pass(loss, xp.sum(pick.weight), None)
-
-    grad = exp_shifted * (terms.softmax_coefficient(p) / total)[..., None]
-    smoothing_term = terms.smoothing_term(p)
-    if smoothing_term is not None:
-        grad = grad - smoothing_term
-    grad = xp.where(is_target_class(p, pick), grad - terms.target_term()[..., None], grad)
-    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, bad_rows(pick)))
-
-
-def _cross_entropy(p: Classes, smoothing: float) -> Array:
-    return reduce(p, cross_entropy_pass(p, smoothing, gradient=False))
-
-
-@public_function
+@public_function(generic.nll_loss)
 def nll_loss(
     log_probs: Array,
     target: Array,
@@ -339,7 +215,7 @@ def nll_loss(
         ignore_index=ignore_index,
         reduction=reduction,
     )
-    return dispatch("nll_loss", _nll_loss, p, *options)
+    return dispatch(p.xp, generic.nll_loss, p, *options)
 
 
 def prepare_nll_loss(
@@ -365,26 +241,7 @@ def prepare_nll_loss(
     return p, ()
 
 
-def nll_loss_pass(p: Classes, *, gradient: bool) -> Pass:
-    """Per-position NLL, and with ``gradient`` the gradient of its sum: ``-w_{y_n}`` at the
-    target class of each kept position, 0 elsewhere."""
-    xp = p.xp
-    pick = picks(p)
-    picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
-    loss = -pick.weight * picked
-    loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
-    grad = None
-    if gradient:
-        grad = xp.where(is_target_class(p, pick), -pick.weight[..., None], 0.0)
-        grad = mark_bad(xp, grad, bad_rows(pick))
-    return Pass(loss, xp.sum(pick.weight), grad)
-
-
-def _nll_loss(p: Classes) -> Array:
-    return reduce(p, nll_loss_pass(p, gradient=False))
-
-
-@public_function
+@public_function(generic.cross_entropy_from_probs)
 def cross_entropy_from_probs(
     probs: Array,
     target: Array,
@@ -458,7 +315,7 @@ def cross_entropy_from_probs(
         ignore_index=ignore_index,
         reduction=reduction,
     )
-    return dispatch("cross_entropy_from_probs", _cross_entropy_from_probs, p, *options)
+    return dispatch(p.xp, generic.cross_entropy_from_probs, p, *options)
 
 
 def prepare_cross_entropy_from_probs(
@@ -488,63 +345,6 @@ def prepare_cross_entropy_from_probs(
     if p.eager:
         check_probabilities(p.xp, "probs", p.predictions)
     return p, (clip,)
-
-
-def clip_probs(xp: Namespace, probs: Array, eps: float) -> tuple[Array, Array]:
-    """``clip(probs, eps, 1 - eps)``, and where no clipping happened (bounds included).
-
-    Written as a ``where`` so that autodiff passes the gradient through at the bounds, as
-    torch's ``clamp`` does, where JAX's ``clip`` would halve it.
-    """
-    inside = (probs >= eps) & (probs <= 1.0 - eps)
-    return xp.where(inside, probs, xp.clip(probs, eps, 1.0 - eps)), inside
-
-
-def safe_log(xp: Namespace, x: Array) -> Array:
-    """``log(x)`` for ``x >= 0``: ``-inf`` at 0 with a zero gradient there, never NaN."""
-    positive = x > 0
-    return xp.where(positive, xp.log(xp.where(positive, x, 1.0)), -xp.inf)
-
-
-def out_of_unit_interval(xp: Namespace, probs: Array, axis: int | None) -> Array:
-    """Where ``probs`` (reduced along ``axis``) holds a value outside [0, 1]."""
-    outside = (probs < 0) | (probs > 1)
-    return outside if axis is None else xp.any(outside, axis=axis)
-
-
-def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> Pass:
-    """Per-position NLL of clipped probabilities, and with ``gradient`` the gradient of its
-    sum: ``-w t / clip(p)`` where ``p`` was not clipped, 0 where it was."""
-    xp = p.xp
-    outside = None if p.eager else out_of_unit_interval(xp, p.predictions, -1)
-    if not p.index_target:
-        target = p.target if p.weight is None else p.target * p.weight
-        clipped, inside = clip_probs(xp, p.scores, eps)
-        absent = target == 0
-        terms = xp.where(absent, 0.0, target * safe_log(xp, clipped))
-        loss = mark_bad(xp, -xp.sum(terms, axis=-1), outside)
-        grad = None
-        if gradient:
-            grad = xp.where(absent | ~inside, 0.0, -target / clipped)
-            grad = mark_bad(xp, grad, None if outside is None else outside[..., None])
-        return Pass(loss, None, grad)
-
-    pick = picks(p)
-    picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
-    clipped, inside = clip_probs(xp, picked, eps)
-    loss = -pick.weight * safe_log(xp, clipped)
-    loss = mark_bad(xp, mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad), outside)
-    if not gradient:
-        return Pass(loss, xp.sum(pick.weight), None)
-    at_target = xp.where(pick.kept & inside, -pick.weight / clipped, 0.0)
-    grad = xp.where(is_target_class(p, pick), at_target[..., None], 0.0)
-    grad = mark_bad(xp, grad, bad_rows(pick))
-    outside_rows = None if outside is None else outside[..., None]
-    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, outside_rows))
-
-
-def _cross_entropy_from_probs(p: Classes, eps: float) -> Array:
-    return reduce(p, cross_entropy_from_probs_pass(p, eps, gradient=False))
 
 
 for _public in (cross_entropy, nll_loss, cross_entropy_from_probs):

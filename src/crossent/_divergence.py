@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ._delegation import dispatch, public_function
-from ._pointwise import Pointwise, prepare_pointwise
+from ._dispatch import dispatch, public_function
+from ._generic import _divergence as generic
+from ._generic._problems import Pointwise, prepare_pointwise
 from ._typing import Array
 
 __all__ = ["kl_div"]
@@ -11,7 +12,7 @@ __all__ = ["kl_div"]
 KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
 
 
-@public_function
+@public_function(generic.kl_div)
 def kl_div(
     log_probs: Array, target: Array, *, reduction: str = "mean", log_target: bool = False
 ) -> Array:
@@ -70,7 +71,7 @@ def kl_div(
     array(0.34657359)
     """
     p, options = prepare_kl_div(log_probs, target, reduction=reduction, log_target=log_target)
-    return dispatch("kl_div", _kl_div, p, *options)
+    return dispatch(p.xp, generic.kl_div, p, *options)
 
 
 def prepare_kl_div(
@@ -83,29 +84,3 @@ def prepare_kl_div(
     if not isinstance(log_target, bool):
         raise TypeError(f"log_target must be a bool, got {type(log_target).__name__}")
     return p, (log_target,)
-
-
-def kl_div_pass(p: Pointwise, log_target: bool, *, gradient: bool) -> tuple[Array, Array | None]:
-    """The elementwise divergence, and with ``gradient`` its derivative with respect to
-    ``log_probs``: minus the target probability."""
-    xp = p.xp
-    x, t = p.pred, p.target
-    # A zero target contributes exactly 0. The values under the mask are replaced too, so that
-    # no 0 * inf is ever formed: not in the result, not in a gradient, not in a warning.
-    absent = (t == -xp.inf) if log_target else (t == 0)
-    safe_x = xp.where(absent, 0.0, x)
-    if log_target:
-        safe_t = xp.where(absent, 0.0, t)
-        terms = xp.exp(safe_t) * (safe_t - safe_x)
-    else:
-        safe_t = xp.where(absent, 1.0, t)
-        terms = safe_t * (xp.log(safe_t) - safe_x)
-    loss = xp.where(absent, 0.0, terms)
-    if not gradient:
-        return loss, None
-    probability = xp.exp(safe_t) if log_target else safe_t
-    return loss, xp.where(absent, 0.0, -probability)
-
-
-def _kl_div(p: Pointwise, log_target: bool) -> Array:
-    return p.reduce(kl_div_pass(p, log_target, gradient=False)[0])

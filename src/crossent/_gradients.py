@@ -1,7 +1,7 @@
 """Gradients: analytic ``value_and_grad`` and ``grad`` of every loss, on every backend.
 
 The gradient of each loss is written out with Array API operations next to the loss itself (the
-``*_pass`` functions of the family modules), so that NumPy, CuPy, Dask and array-api-strict get
+``*_pass`` functions of ``crossent._generic``), so that NumPy, CuPy, Dask and array-api-strict get
 exact gradients with no autodiff framework, and the loss and its gradient come from one pass.
 """
 
@@ -15,50 +15,24 @@ from typing import Any
 
 from ._binary import (
     binary_cross_entropy,
-    binary_cross_entropy_pass,
     binary_cross_entropy_with_logits,
-    binary_cross_entropy_with_logits_pass,
     prepare_binary_cross_entropy,
     prepare_binary_cross_entropy_with_logits,
 )
 from ._categorical import (
     cross_entropy,
     cross_entropy_from_probs,
-    cross_entropy_from_probs_pass,
-    cross_entropy_pass,
     nll_loss,
-    nll_loss_pass,
     prepare_cross_entropy,
     prepare_cross_entropy_from_probs,
     prepare_nll_loss,
 )
-from ._classes import Classes, reduce, reduced_gradient
-from ._delegation import dispatch, public_function
-from ._divergence import kl_div, kl_div_pass, prepare_kl_div
-from ._pointwise import Pointwise
+from ._dispatch import dispatch, entry
+from ._divergence import kl_div, prepare_kl_div
+from ._generic import _binary, _categorical, _divergence
 from ._typing import Array
 
 __all__ = ["grad", "value_and_grad"]
-
-
-def _categorical(
-    one_pass: Callable[..., Any],
-) -> Callable[..., tuple[Array, Array]]:
-    def loss_and_gradient(p: Classes, *options: Any) -> tuple[Array, Array]:
-        result = one_pass(p, *options, gradient=True)
-        return reduce(p, result), reduced_gradient(p, result)
-
-    return loss_and_gradient
-
-
-def _pointwise(
-    one_pass: Callable[..., Any],
-) -> Callable[..., tuple[Array, Array]]:
-    def loss_and_gradient(p: Pointwise, *options: Any) -> tuple[Array, Array]:
-        loss, gradient = one_pass(p, *options, gradient=True)
-        return p.reduce(loss), p.reduced_gradient(gradient)
-
-    return loss_and_gradient
 
 
 @dataclass(frozen=True)
@@ -67,32 +41,33 @@ class _Analytic:
 
     #: Checks the loss's arguments, given by name, and returns ``(problem, options)``.
     prepare: Callable[..., tuple[Any, tuple[Any, ...]]]
-    #: The standard-only ``(loss, gradient)`` of a prepared problem.
+    #: The generic ``(loss, gradient)`` of a prepared problem; backends may register kernels
+    #: for it.
     value_and_grad: Callable[..., tuple[Array, Array]]
 
 
-_ANALYTIC: dict[Callable[..., Array], _Analytic] = {
-    cross_entropy: _Analytic(prepare_cross_entropy, _categorical(cross_entropy_pass)),
-    nll_loss: _Analytic(prepare_nll_loss, _categorical(nll_loss_pass)),
+ANALYTIC: dict[Callable[..., Array], _Analytic] = {
+    cross_entropy: _Analytic(prepare_cross_entropy, _categorical.cross_entropy_value_and_grad),
+    nll_loss: _Analytic(prepare_nll_loss, _categorical.nll_loss_value_and_grad),
     cross_entropy_from_probs: _Analytic(
-        prepare_cross_entropy_from_probs, _categorical(cross_entropy_from_probs_pass)
+        prepare_cross_entropy_from_probs, _categorical.cross_entropy_from_probs_value_and_grad
     ),
     binary_cross_entropy: _Analytic(
-        prepare_binary_cross_entropy, _pointwise(binary_cross_entropy_pass)
+        prepare_binary_cross_entropy, _binary.binary_cross_entropy_value_and_grad
     ),
     binary_cross_entropy_with_logits: _Analytic(
         prepare_binary_cross_entropy_with_logits,
-        _pointwise(binary_cross_entropy_with_logits_pass),
+        _binary.binary_cross_entropy_with_logits_value_and_grad,
     ),
-    kl_div: _Analytic(prepare_kl_div, _pointwise(kl_div_pass)),
+    kl_div: _Analytic(prepare_kl_div, _divergence.kl_div_value_and_grad),
 }
 
 
 def _analytic(fn: object, caller: str) -> _Analytic:
     try:
-        return _ANALYTIC[fn]  # type: ignore[index]
+        return ANALYTIC[fn]  # type: ignore[index]
     except (KeyError, TypeError):
-        supported = ", ".join(f.__name__ for f in _ANALYTIC)
+        supported = ", ".join(f.__name__ for f in ANALYTIC)
         name = getattr(fn, "__qualname__", type(fn).__name__)
         raise TypeError(
             f"{caller} differentiates crossent's losses ({supported}), got {name}"
@@ -170,13 +145,13 @@ def value_and_grad(fn: Callable[..., Array]) -> Callable[..., tuple[Array, Array
     signature = inspect.signature(fn)
     name = fn.__name__
 
-    @public_function
+    @entry(analytic.value_and_grad)
     def loss_and_gradient(*args: Any, **kwargs: Any) -> tuple[Array, Array]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         problem, options = analytic.prepare(*bound.args, **bound.kwargs)
         result: tuple[Array, Array] = dispatch(
-            f"{name}_value_and_grad", analytic.value_and_grad, problem, *options
+            problem.xp, analytic.value_and_grad, problem, *options
         )
         return result
 

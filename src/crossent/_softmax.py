@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from array_api_compat import device
 
-from ._delegation import as_array, constant, fast_path, public_function
+from ._dispatch import dispatch, public_function
+from ._generic import _softmax as generic
+from ._generic._arrays import as_array
 from ._typing import Array, Namespace
 from ._validation import check_real_floating, compute_dtype, get_namespace, normalize_axis
 
@@ -28,31 +30,7 @@ def _axes(x: Array, axis: int | tuple[int, ...] | None) -> tuple[int, ...]:
     return (normalize_axis("x", x, axis),)
 
 
-def stable_max(xp: Namespace, x: Array, axis: int | tuple[int, ...]) -> Array:
-    """The maximum along ``axis`` (kept), with non-finite maxima replaced by 0.
-
-    Shifting by the maximum keeps ``exp`` in range; a row of all ``-inf`` would otherwise be
-    shifted by ``-inf`` and give ``-inf - (-inf) = NaN`` instead of an exact 0 after ``exp``.
-    The shift cancels out of every result, so autodiff may treat it as a constant.
-    """
-    if 0 in x.shape:  # nothing to shift; Dask's max fails on empty chunks
-        axes = (axis,) if isinstance(axis, int) else axis
-        shape = tuple(
-            1 if a in axes or a - len(x.shape) in axes else s for a, s in enumerate(x.shape)
-        )
-        return xp.zeros(shape, dtype=x.dtype, device=device(x))
-    m = constant(xp, xp.max(x, axis=axis, keepdims=True))
-    return xp.where(xp.isfinite(m), m, 0.0)
-
-
-def log_of_sum(xp: Namespace, total: Array) -> Array:
-    """``log(total)`` for a sum of exponentials, ``-inf`` where it is 0 (a row of all ``-inf``),
-    with no NaN gradient and no warning there."""
-    positive = total > 0
-    return xp.where(positive, xp.log(xp.where(positive, total, 1.0)), -xp.inf)
-
-
-@public_function
+@public_function(generic.logsumexp)
 def logsumexp(
     x: Array, *, axis: int | tuple[int, ...] | None = -1, keepdims: bool = False
 ) -> Array:
@@ -105,17 +83,13 @@ def logsumexp(
         shape = tuple(1 if a in axes else s for a, s in enumerate(x.shape))
         out = xp.full(shape, -xp.inf, dtype=xc.dtype, device=device(x))
     else:
-        native = fast_path("logsumexp", xp)
-        out = native(xc, axes) if native is not None else None
-        if out is None:
-            m = stable_max(xp, xc, axes)
-            out = log_of_sum(xp, xp.sum(xp.exp(xc - m), axis=axes, keepdims=True)) + m
+        out = dispatch(xp, generic.logsumexp, xp, xc, axes)
     if not keepdims:
         out = xp.squeeze(out, axis=axes)
     return as_array(xp, xp.astype(out, x.dtype, copy=False))
 
 
-@public_function
+@public_function(generic.softmax)
 def softmax(x: Array, *, axis: int = -1) -> Array:
     r"""Softmax along ``axis``: exponentials normalised to sum to one.
 
@@ -158,15 +132,11 @@ def softmax(x: Array, *, axis: int = -1) -> Array:
     """
     xp, xc = _prepare("x", x)
     ax = normalize_axis("x", x, axis)
-    native = fast_path("softmax", xp)
-    out = native(xc, ax) if native is not None else None
-    if out is None:
-        e = xp.exp(xc - stable_max(xp, xc, ax))
-        out = e / xp.sum(e, axis=ax, keepdims=True)
+    out = dispatch(xp, generic.softmax, xp, xc, ax)
     return as_array(xp, xp.astype(out, x.dtype, copy=False))
 
 
-@public_function
+@public_function(generic.log_softmax)
 def log_softmax(x: Array, *, axis: int = -1) -> Array:
     r"""Logarithm of the softmax along ``axis``, exact for logits of any magnitude.
 
@@ -207,35 +177,11 @@ def log_softmax(x: Array, *, axis: int = -1) -> Array:
     """
     xp, xc = _prepare("x", x)
     ax = normalize_axis("x", x, axis)
-    native = fast_path("log_softmax", xp)
-    out = native(xc, ax) if native is not None else None
-    if out is None:
-        shifted = xc - stable_max(xp, xc, ax)
-        out = shifted - log_of_sum(xp, xp.sum(xp.exp(shifted), axis=ax, keepdims=True))
+    out = dispatch(xp, generic.log_softmax, xp, xc, ax)
     return as_array(xp, xp.astype(out, x.dtype, copy=False))
 
 
-def softplus_pair(xp: Namespace, x: Array) -> tuple[Array, Array, Array]:
-    """``softplus(x)``, ``softplus(-x)`` and ``exp(-|x|)``, for any ``x`` without overflow.
-
-    ``softplus(x) = max(x, 0) + log1p(exp(-|x|))``. Both parts have a kink at 0, and their
-    derivatives there must add up to ``sigmoid(0) = 1/2``; frameworks break ties of ``maximum``
-    and ``abs`` differently (JAX and torch disagree), so the kinks are written with ``where``,
-    whose derivative is the same everywhere: with ``x > 0`` choosing, ``|x|'(0) = -1`` and
-    ``max(x, 0)'(0) = 0`` give exactly 1/2.
-    """
-    positive = x > 0
-    decay = xp.exp(-xp.where(positive, x, -x))
-    tail = xp.log1p(decay)
-    return xp.where(positive, x, 0.0) + tail, xp.where(positive, 0.0, -x) + tail, decay
-
-
-def log_sigmoid_of(xp: Namespace, x: Array) -> Array:
-    """``log(sigmoid(x)) = -softplus(-x)``: no overflow, and the true derivative everywhere."""
-    return 0.0 - softplus_pair(xp, x)[1]  # 0 - 0 is +0 where -0 would print as "-0."
-
-
-@public_function
+@public_function(generic.log_sigmoid)
 def log_sigmoid(x: Array) -> Array:
     r"""Logarithm of the logistic sigmoid, elementwise, without overflow.
 
@@ -271,8 +217,5 @@ def log_sigmoid(x: Array) -> Array:
     array([-1.00000000e+04, -6.93147181e-01,  0.00000000e+00])
     """
     xp, xc = _prepare("x", x)
-    native = fast_path("log_sigmoid", xp)
-    out = native(xc) if native is not None else None
-    if out is None:
-        out = log_sigmoid_of(xp, xc)
+    out = dispatch(xp, generic.log_sigmoid, xp, xc)
     return as_array(xp, xp.astype(out, x.dtype, copy=False))

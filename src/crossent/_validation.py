@@ -2,7 +2,9 @@
 
 Every error names the argument, what was expected and what came. Wrong shapes and values raise
 ``ValueError``; wrong dtypes, non-arrays and arrays of two libraries raise ``TypeError``.
-Checks of array *values* run only on eager arrays: see :func:`crossent._delegation.is_eager`.
+Checks of array *values* (class indices, probabilities) run only on eager arrays: see
+:func:`crossent._generic._arrays.is_eager`. On lazy arrays the same conditions, computed by
+:func:`outside_unit_interval` and the categorical losses, give NaN instead of an error.
 """
 
 from __future__ import annotations
@@ -162,3 +164,38 @@ def check_int(name: str, value: object) -> int:
 
 def num_elements(shape: Sequence[Any]) -> int:
     return math.prod(int(s) for s in shape)
+
+
+# --- Checks of values: eager arrays only ---------------------------------------------------
+
+
+def check_class_indices(xp: Namespace, target: Array, num_classes: int, ignore_index: int) -> None:
+    """Every class index lies in ``[0, num_classes)`` or is ``ignore_index``."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bool(xp.any(bad)):
+        found = int(_first(xp, target, bad))
+        raise ValueError(
+            f"target holds class index {found}, outside [0, {num_classes}) and not "
+            f"ignore_index ({ignore_index})"
+        )
+
+
+def outside_unit_interval(xp: Namespace, probs: Array, axis: int | None) -> Array:
+    """Where ``probs`` (reduced along ``axis``) holds a value outside [0, 1]: an error on eager
+    arrays (:func:`check_probabilities`), NaN on lazy ones."""
+    outside = (probs < 0) | (probs > 1)
+    return outside if axis is None else xp.any(outside, axis=axis)
+
+
+def check_probabilities(xp: Namespace, name: str, x: Array) -> None:
+    """Every value of ``x`` lies in [0, 1] (NaN passes, and gives NaN)."""
+    outside = outside_unit_interval(xp, x, None)
+    if bool(xp.any(outside)):
+        found = float(_first(xp, x, outside))
+        raise ValueError(f"{name} must hold probabilities in [0, 1], found {found}")
+
+
+def _first(xp: Namespace, x: Array, where: Array) -> Array:
+    """The first entry of ``x`` where ``where`` is true (some entry is)."""
+    index = xp.argmax(xp.astype(xp.reshape(where, (-1,)), xp.int8))
+    return xp.reshape(x, (-1,))[index]

@@ -1,4 +1,4 @@
-"""Fast paths for NumPy arrays: cross-entropy of class indices, block by block, in threads.
+"""Kernels for NumPy arrays: cross-entropy of class indices, block by block, in threads.
 
 The generic path makes four full passes over the logits with full-size temporaries (shift,
 exponentiate, sum, gather), each streamed from memory. Here the rows go through in blocks small
@@ -6,7 +6,7 @@ enough to stay in a core's cache: a block is shifted, summed, exponentiated and 
 while it sits there, into a buffer of the block's size, so that the logits are read from memory
 once and no temporary of their size is made. NumPy's ufuncs release the GIL, so blocks run on a
 thread per core. The per-position arithmetic that follows is the generic path's own
-(:class:`crossent._categorical.IndexTerms`).
+(:class:`crossent._generic._categorical.IndexTerms`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .._categorical import IndexTerms
-from .._classes import Classes, Pass, reduce
+from .._generic import _categorical
+from .._generic._categorical import IndexTerms
+from .._generic._problems import Classes, Pass
+
+__all__ = ["KERNELS"]
 
 #: Elements of one block: 64 Ki float32 values are 256 KiB, which stay in a core's L2 cache
 #: with the block of logits they come from.
@@ -201,7 +204,7 @@ def cross_entropy(p: Classes, smoothing: float) -> Any:
         return None
     terms = IndexTerms.of(p, smoothing)
     loss = terms.loss(p, *_statistics(p, logits, terms))
-    return reduce(p, Pass(loss, np.sum(terms.pick.weight), None))
+    return p.reduce(Pass(loss, terms.weight_sum(p)))
 
 
 def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> Any:
@@ -209,11 +212,17 @@ def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> Any:
     if logits is None:
         return None
     terms = IndexTerms.of(p, smoothing)
-    weight_sum = np.sum(terms.pick.weight)
+    weight_sum = terms.weight_sum(p)
     # The mean's 1 / W goes into the block loop: no second pass over the gradient.
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = float(1.0 / weight_sum) if p.reduction == "mean" else 1.0
     gradient = np.empty(p.predictions.shape, dtype=p.compute_dtype)
     statistics = _statistics(p, logits, terms, gradient.reshape(-1, p.num_classes), scale)
-    loss = reduce(p, Pass(terms.loss(p, *statistics), weight_sum, None))
-    return loss, p.finish(p.restore_axis(gradient))
+    loss = p.reduce(Pass(terms.loss(p, *statistics), weight_sum))
+    return loss, p.finish(p.to_caller_layout(gradient))
+
+
+KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
+    _categorical.cross_entropy: cross_entropy,
+    _categorical.cross_entropy_value_and_grad: cross_entropy_value_and_grad,
+}

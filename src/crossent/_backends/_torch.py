@@ -1,19 +1,26 @@
-"""Fast paths for PyTorch tensors: torch's own kernels, through ``torch.nn.functional``.
+"""Kernels for PyTorch tensors: torch's own, through ``torch.nn.functional``.
 
 Autograd through these is torch's own backward, so that ``crossent.cross_entropy`` on tensors
 trains exactly as ``F.cross_entropy`` does, at its speed. The arguments arrive prepared (see
-``_classes.Classes`` and ``_pointwise.Pointwise``): class axis last, half precision already in
-float32, values checked.
+``crossent._generic._problems``): class axis last, values checked.
+
+``KERNELS`` replaces generic functions on prepared problems; ``DIRECT_CALLS`` replaces a whole
+public call on CPU tensors, before any preparation (see the end of this module).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from .._classes import Classes, Pass, picks, reduce
-from .._pointwise import Pointwise
-from .._typing import Array
+from .._generic import _binary, _categorical, _softmax
+from .._generic._problems import Classes, Pass, Pointwise
+from .._typing import Array, Namespace
+
+__all__ = ["DIRECT_CALLS", "KERNELS"]
 
 
 def _class_first(x: torch.Tensor) -> torch.Tensor:
@@ -24,19 +31,19 @@ def _class_first(x: torch.Tensor) -> torch.Tensor:
 _FLOATS = (torch.float32, torch.float64)
 
 
-def logsumexp(x: torch.Tensor, axes: tuple[int, ...]) -> Array:
+def logsumexp(xp: Namespace, x: torch.Tensor, axes: tuple[int, ...]) -> Array:
     return torch.logsumexp(x, dim=axes, keepdim=True)
 
 
-def softmax(x: torch.Tensor, axis: int) -> Array:
+def softmax(xp: Namespace, x: torch.Tensor, axis: int) -> Array:
     return torch.softmax(x, dim=axis)
 
 
-def log_softmax(x: torch.Tensor, axis: int) -> Array:
+def log_softmax(xp: Namespace, x: torch.Tensor, axis: int) -> Array:
     return torch.log_softmax(x, dim=axis)
 
 
-def log_sigmoid(x: torch.Tensor) -> Array:
+def log_sigmoid(xp: Namespace, x: torch.Tensor) -> Array:
     return F.logsigmoid(x)
 
 
@@ -76,9 +83,9 @@ def nll_loss(p: Classes) -> Array:
         negated = F.nll_loss(
             _class_first(p.predictions), p.target, ignore_index=p.ignore_index, reduction="none"
         )
-        pick = picks(p)
+        pick = _categorical.picks(p)
         loss = pick.weight * negated.to(torch.float32)
-        return reduce(p, Pass(loss, torch.sum(pick.weight), None))
+        return p.reduce(Pass(loss, torch.sum(pick.weight)))
     out = F.nll_loss(
         _class_first(p.predictions),
         p.target,
@@ -104,9 +111,21 @@ def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
     return p.finish(out)
 
 
+KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
+    _softmax.logsumexp: logsumexp,
+    _softmax.softmax: softmax,
+    _softmax.log_softmax: log_softmax,
+    _softmax.log_sigmoid: log_sigmoid,
+    _categorical.cross_entropy: cross_entropy,
+    _categorical.nll_loss: nll_loss,
+    _binary.binary_cross_entropy: binary_cross_entropy,
+    _binary.binary_cross_entropy_with_logits: binary_cross_entropy_with_logits,
+}
+
+
 # --- Direct calls: CPU tensors straight to torch, before crossent's preparation ---------------
 #
-# Each takes the public function's arguments, with its defaults (tests/test_delegation.py checks
+# Each takes the public function's arguments, with its defaults (tests/test_backends.py checks
 # the signatures are the same). It declines (returns None) where torch's numbers would not be
 # crossent's: half precision (crossent computes it in float32), mixed dtypes (torch promotes,
 # crossent keeps the predictions' dtype), options that are not plain Python values. torch
@@ -245,3 +264,12 @@ def direct_binary_cross_entropy_with_logits(
         )
     except _TORCH_ERRORS:
         return None
+
+
+#: The public function whose generic function is the key -> its direct call.
+DIRECT_CALLS: dict[Callable[..., Any], Callable[..., Any]] = {
+    _categorical.cross_entropy: direct_cross_entropy,
+    _categorical.nll_loss: direct_nll_loss,
+    _binary.binary_cross_entropy: direct_binary_cross_entropy,
+    _binary.binary_cross_entropy_with_logits: direct_binary_cross_entropy_with_logits,
+}

@@ -1,0 +1,155 @@
+"""The dispatcher: each call runs a backend kernel where one is registered, else the generic path.
+
+A public function prepares its arguments, then calls ``dispatch(xp, generic, *args)``, where
+``generic`` is the standard-only function of ``crossent._generic`` that computes it. Each
+backend module of ``crossent._backends`` declares ``KERNELS``, a dict from generic functions to
+the kernels that replace them on its arrays, with the same arguments. A kernel may return
+``None`` where it does not cover a case; the generic function then runs. Every kernel is tested
+equal to the generic path (``tests/test_backends.py``), which :func:`generic_only` forces.
+
+This is the only module that imports a backend module, and it does so on first use, for a
+namespace whose arrays have already arrived: ``import crossent`` imports no framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import numpy as np
+from array_api_compat import is_jax_namespace, is_numpy_namespace, is_torch_namespace
+
+from ._typing import Namespace
+
+__all__ = [
+    "PUBLIC_FUNCTIONS",
+    "dispatch",
+    "entry",
+    "generic_only",
+    "kernels",
+    "public_function",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: A kernel table: generic function -> the backend's replacement for it.
+Kernels = Mapping[Callable[..., Any], Callable[..., Any]]
+
+_FAST_PATHS: ContextVar[bool] = ContextVar("crossent_fast_paths", default=True)
+
+#: Every public function, by the generic function it computes (filled by
+#: :func:`public_function`); the tests check the kernel tables against it.
+PUBLIC_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+@contextlib.contextmanager
+def generic_only() -> Iterator[None]:
+    """Run the standard-only implementation of every function inside the block.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import log_softmax
+    >>> from crossent._dispatch import generic_only
+    >>> with generic_only():
+    ...     out = log_softmax(np.zeros(2))
+    """
+    token = _FAST_PATHS.set(False)
+    try:
+        yield
+    finally:
+        _FAST_PATHS.reset(token)
+
+
+_TABLES: dict[Namespace, Kernels] = {}
+
+
+def kernels(xp: Namespace) -> Kernels:
+    """The kernels registered for the backend of namespace ``xp`` (empty for none)."""
+    table = _TABLES.get(xp)
+    if table is None:
+        table = _TABLES[xp] = _load_kernels(xp)
+    return table
+
+
+def _load_kernels(xp: Namespace) -> Kernels:
+    if is_torch_namespace(xp):
+        from ._backends import _torch
+
+        return _torch.KERNELS
+    if is_jax_namespace(xp):
+        from ._backends import _jax
+
+        return _jax.KERNELS
+    if is_numpy_namespace(xp):
+        from ._backends import _numpy
+
+        return _numpy.KERNELS
+    return {}
+
+
+def dispatch(xp: Namespace, generic: Callable[..., Any], /, *args: Any) -> Any:
+    """``generic(*args)``, computed by the kernel registered for ``generic`` in ``xp``'s
+    backend where there is one and it covers the case."""
+    if _FAST_PATHS.get():
+        kernel = kernels(xp).get(generic)
+        if kernel is not None:
+            out = kernel(*args)
+            if out is not None:
+                return out
+    return generic(*args)
+
+
+def public_function(generic: Callable[..., Any]) -> Callable[[F], F]:
+    """Decorate the public function that ``generic`` computes: :func:`entry`, and an entry in
+    :data:`PUBLIC_FUNCTIONS`."""
+
+    def decorate(func: F) -> F:
+        wrapper = entry(generic)(func)
+        PUBLIC_FUNCTIONS[generic] = wrapper
+        return wrapper
+
+    return decorate
+
+
+def entry(generic: Callable[..., Any]) -> Callable[[F], F]:
+    """Decorate a function that computes ``generic`` from the caller's arguments.
+
+    - CPU torch tensors go straight to torch's kernel (``_backends._torch.DIRECT_CALLS``),
+      before any preparation: for a loss that takes 70 microseconds, crossent's checks would
+      otherwise cost more than the loss. The direct call declines (returns None) on anything
+      it does not cover or that torch rejects, and the full path then runs and raises
+      crossent's errors.
+    - NumPy does not warn about intended edge values: ``log(0) = -inf`` for a row of all
+      ``-inf`` logits is a result, not an accident.
+    """
+
+    def decorate(func: F) -> F:
+        direct: list[Callable[..., Any] | None] = []  # torch's direct call, looked up once
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if args and _is_cpu_torch_tensor(args[0]) and _FAST_PATHS.get():
+                if not direct:
+                    from ._backends import _torch
+
+                    direct.append(_torch.DIRECT_CALLS.get(generic))
+                if direct[0] is not None:
+                    out = direct[0](*args, **kwargs)
+                    if out is not None:
+                        return out
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _is_cpu_torch_tensor(x: object) -> bool:
+    # Never imports torch: a torch tensor can only exist once torch is in sys.modules.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor) and x.is_cpu

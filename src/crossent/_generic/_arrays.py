@@ -1,0 +1,60 @@
+"""The few generic helpers that must ask which framework an array belongs to.
+
+They never import a framework whose arrays have not arrived: ``array_api_compat`` answers from
+the array's type, and JAX is imported only to look at a JAX array.
+"""
+
+from __future__ import annotations
+
+from array_api_compat import (
+    is_jax_array,
+    is_jax_namespace,
+    is_lazy_array,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
+
+from .._typing import Array, Namespace
+
+__all__ = ["as_array", "constant", "is_eager"]
+
+
+def is_eager(*arrays: Array) -> bool:
+    """Whether the values of ``arrays`` can be read now, cheaply, without tracing or computing.
+
+    ``array_api_compat.is_lazy_array`` says yes for every JAX array; a JAX array outside
+    ``jax.jit``, ``jax.grad`` and ``jax.vmap`` is concrete, and its values are checked like
+    NumPy's, so that a wrong class index raises instead of giving NaN.
+    """
+    for x in arrays:
+        if x is None or not is_lazy_array(x):
+            continue
+        if is_jax_array(x):
+            import jax
+
+            if not isinstance(x, jax.core.Tracer):
+                continue
+        return False
+    return True
+
+
+def constant(xp: Namespace, x: Array) -> Array:
+    """``x``, seen by autodiff as a constant where the framework can say so.
+
+    For a shift that cancels out of the result (the maximum subtracted before ``exp``), this is
+    exact, and it spares autodiff a pass through ``max``.
+    """
+    if is_jax_namespace(xp):
+        import jax
+
+        return jax.lax.stop_gradient(x)
+    if is_torch_namespace(xp):
+        return x.detach()
+    return x
+
+
+def as_array(xp: Namespace, x: Array) -> Array:
+    """``x`` as an array of ``xp``: NumPy turns 0-d results into scalars, which are not arrays."""
+    if is_numpy_namespace(xp):
+        return xp.asarray(x)
+    return x

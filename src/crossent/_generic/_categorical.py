@@ -1,0 +1,283 @@
+"""The generic categorical losses: cross-entropy from logits, NLL of log-probabilities, and
+cross-entropy of clipped probabilities, each with its gradient from the same pass.
+
+Every function takes a prepared :class:`~._problems.Classes` (class axis last). The
+``*_pass`` functions give the per-position loss and, when asked, the gradient of its sum; the
+functions named after a loss reduce it, and are what the dispatcher runs or replaces with a
+backend kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from array_api_compat import device
+
+from .._typing import Array, Namespace
+from .._validation import outside_unit_interval
+from ._problems import Classes, Pass
+from ._stable import clip_probs, mark_bad, safe_log, stable_max
+
+__all__ = [
+    "IndexTerms",
+    "Picks",
+    "cross_entropy",
+    "cross_entropy_from_probs",
+    "cross_entropy_from_probs_pass",
+    "cross_entropy_from_probs_value_and_grad",
+    "cross_entropy_pass",
+    "cross_entropy_value_and_grad",
+    "is_target_class",
+    "nll_loss",
+    "nll_loss_pass",
+    "nll_loss_value_and_grad",
+    "picks",
+    "take_class",
+]
+
+
+# --- Class indices ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Picks:
+    """What an index target picks at each position."""
+
+    #: The target with ignored and out-of-range entries replaced by class 0: safe to gather.
+    index: Array
+    #: Whether the position counts: its target is not ``ignore_index``.
+    kept: Array
+    #: The weight of each position's class, 0 where ignored (1 where there is no ``weight``).
+    weight: Array
+    #: Positions whose index is neither a class nor ``ignore_index``; None on eager arrays,
+    #: where such an index raised. Their loss is NaN.
+    bad: Array | None
+
+    def bad_rows(self) -> Array | None:
+        """``bad`` broadcast over the class axis."""
+        return None if self.bad is None else self.bad[..., None]
+
+
+def picks(p: Classes) -> Picks:
+    xp, t = p.xp, p.target
+    dtype = p.compute_dtype
+    kept = t != p.ignore_index
+    in_range = (t >= 0) & (t < p.num_classes)
+    # Clamped before gathering: torch's take_along_axis rejects -100, JAX's clips silently.
+    index = xp.where(in_range, t, 0)
+    if p.weight is None:
+        weight = xp.astype(kept, dtype)
+    else:
+        gathered = xp.take(p.weight, xp.reshape(index, (-1,)), axis=0)
+        weight = xp.where(kept, xp.reshape(gathered, tuple(t.shape)), 0.0)
+    bad = None if p.eager else kept & ~in_range
+    return Picks(index=index, kept=kept, weight=weight, bad=bad)
+
+
+def take_class(xp: Namespace, x: Array, index: Array) -> Array:
+    """``x[..., index[...]]``: the entry of each position's class, class axis last."""
+    if hasattr(xp, "take_along_axis"):
+        return xp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+    # Dask has no take_along_axis: select by comparing with the class numbers, chunk by chunk.
+    classes = xp.arange(x.shape[-1], dtype=index.dtype, device=device(x))
+    return xp.sum(xp.where(index[..., None] == classes, x, 0.0), axis=-1)
+
+
+def is_target_class(p: Classes, pick: Picks) -> Array:
+    """A boolean of the predictions' shape: whether each class is its position's target.
+
+    A comparison that broadcasts, not a one-hot matrix of floats: JAX fuses it away, and
+    elsewhere it is one byte per entry for the length of one expression.
+    """
+    xp = p.xp
+    classes = xp.arange(p.num_classes, dtype=pick.index.dtype, device=device(pick.index))
+    return pick.index[..., None] == classes
+
+
+# --- cross_entropy ----------------------------------------------------------------------------
+
+
+def smoothed_targets(xp: Namespace, target: Array, smoothing: float) -> Array:
+    """Class probabilities with ``smoothing`` of their mass spread evenly over the classes."""
+    if smoothing == 0.0:
+        return target
+    return target * (1.0 - smoothing) + smoothing / target.shape[-1]
+
+
+@dataclass(frozen=True)
+class IndexTerms:
+    """What cross-entropy with class indices needs besides the rows of logits themselves.
+
+    The rows give three numbers per position, however they are read (at once by the generic
+    path, block by block by the NumPy kernel): the log normaliser ``log sum_c exp(x_c - m)``,
+    the shifted logit of the target ``x_y - m``, and with smoothing ``sum_c w_c (x_c - m)``.
+    This class turns them into losses, and gives the coefficients of the gradient.
+    """
+
+    pick: Picks
+    smoothing: float
+    #: ``w``, or 1.0 without class weights.
+    class_weights: Array | float
+    #: ``sum_c w_c``, or ``C`` without class weights.
+    class_weight_sum: Array | float
+
+    @classmethod
+    def of(cls, p: Classes, smoothing: float) -> IndexTerms:
+        if p.weight is None:
+            return cls(picks(p), smoothing, 1.0, float(p.num_classes))
+        return cls(picks(p), smoothing, p.weight, p.xp.sum(p.weight))
+
+    def loss(self, p: Classes, log_norm: Array, picked: Array, shifted_sum: Array | None) -> Array:
+        """The loss of each position from its three row statistics."""
+        xp, pick, smoothing = p.xp, self.pick, self.smoothing
+        loss = pick.weight * (log_norm - picked)
+        if smoothing > 0.0:
+            assert shifted_sum is not None
+            smooth = self.class_weight_sum * log_norm - shifted_sum
+            loss = (1.0 - smoothing) * loss + (smoothing / p.num_classes) * smooth
+        # where, not a product: an ignored position's nll may be inf, and 0 * inf is NaN.
+        return mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+
+    def softmax_coefficient(self, p: Classes) -> Array:
+        """``s_n``, the factor of each position's softmax in its gradient."""
+        coefficient = (1.0 - self.smoothing) * self.pick.weight
+        if self.smoothing > 0.0:
+            kept = p.xp.astype(self.pick.kept, coefficient.dtype)
+            share = (self.smoothing / p.num_classes) * self.class_weight_sum
+            coefficient = coefficient + share * kept
+        return coefficient
+
+    def target_term(self) -> Array:
+        """What the gradient loses at each position's target class: ``(1 - eps) w_y``."""
+        return (1.0 - self.smoothing) * self.pick.weight
+
+    def smoothing_term(self, p: Classes) -> Array | None:
+        """What smoothing takes from every class of a kept position: ``(eps / C) w_c``, shaped
+        to broadcast against the rows; None without smoothing."""
+        if self.smoothing == 0.0:
+            return None
+        kept = p.xp.astype(self.pick.kept, p.compute_dtype)[..., None]
+        return (self.smoothing / p.num_classes) * self.class_weights * kept
+
+    def weight_sum(self, p: Classes) -> Array:
+        """What ``"mean"`` divides by: the kept positions' total weight."""
+        return p.xp.sum(self.pick.weight)
+
+
+def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
+    """Per-position cross-entropy, and with ``gradient`` the gradient of its sum, in one pass.
+
+    The gradient of position n is ``s_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n)
+    - (eps / C) w``: the softmax comes from the same exponentials as the loss, and the one-hot
+    term is a comparison, never a matrix.
+    """
+    xp = p.xp
+    shift = stable_max(xp, p.scores, -1)
+    shifted = p.scores - shift
+    exp_shifted = xp.exp(shifted)
+    total = xp.sum(exp_shifted, axis=-1)
+    log_norm = safe_log(xp, total)
+
+    if not p.index_target:
+        target = smoothed_targets(xp, p.target, smoothing)
+        if p.weight is not None:
+            target = target * p.weight
+        mass = xp.sum(target, axis=-1)
+        loss = log_norm * mass - xp.sum(target * shifted, axis=-1)
+        grad = exp_shifted * (mass / total)[..., None] - target if gradient else None
+        return Pass(loss, None, grad)
+
+    terms = IndexTerms.of(p, smoothing)
+    pick = terms.pick
+    shifted_sum = None
+    if smoothing > 0.0:
+        shifted_sum = xp.sum(shifted * terms.class_weights, axis=-1)
+    # x_y - m, gathered from the logits rather than from x - m: the same subtraction, but XLA
+    # then need not write x - m to memory for the gather (three times faster under jax.jit).
+    picked = take_class(xp, p.scores, pick.index) - shift[..., 0]
+    loss = terms.loss(p, log_norm, picked, shifted_sum)
+    if not gradient:
+        return Pass(loss, terms.weight_sum(p))
+
+    grad = exp_shifted * (terms.softmax_coefficient(p) / total)[..., None]
+    smoothing_term = terms.smoothing_term(p)
+    if smoothing_term is not None:
+        grad = grad - smoothing_term
+    grad = xp.where(is_target_class(p, pick), grad - terms.target_term()[..., None], grad)
+    return Pass(loss, terms.weight_sum(p), mark_bad(xp, grad, pick.bad_rows()))
+
+
+def cross_entropy(p: Classes, smoothing: float) -> Array:
+    return p.reduce(cross_entropy_pass(p, smoothing, gradient=False))
+
+
+def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> tuple[Array, Array]:
+    return p.value_and_grad(cross_entropy_pass(p, smoothing, gradient=True))
+
+
+# --- nll_loss ---------------------------------------------------------------------------------
+
+
+def nll_loss_pass(p: Classes, *, gradient: bool) -> Pass:
+    """Per-position NLL, and with ``gradient`` the gradient of its sum: ``-w_{y_n}`` at the
+    target class of each kept position, 0 elsewhere."""
+    xp = p.xp
+    pick = picks(p)
+    picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
+    loss = -pick.weight * picked
+    loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+    grad = None
+    if gradient:
+        grad = xp.where(is_target_class(p, pick), -pick.weight[..., None], 0.0)
+        grad = mark_bad(xp, grad, pick.bad_rows())
+    return Pass(loss, xp.sum(pick.weight), grad)
+
+
+def nll_loss(p: Classes) -> Array:
+    return p.reduce(nll_loss_pass(p, gradient=False))
+
+
+def nll_loss_value_and_grad(p: Classes) -> tuple[Array, Array]:
+    return p.value_and_grad(nll_loss_pass(p, gradient=True))
+
+
+# --- cross_entropy_from_probs -----------------------------------------------------------------
+
+
+def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> Pass:
+    """Per-position NLL of clipped probabilities, and with ``gradient`` the gradient of its
+    sum: ``-w t / clip(p)`` where ``p`` was not clipped, 0 where it was."""
+    xp = p.xp
+    outside = None if p.eager else outside_unit_interval(xp, p.predictions, -1)
+    if not p.index_target:
+        target = p.target if p.weight is None else p.target * p.weight
+        clipped, inside = clip_probs(xp, p.scores, eps)
+        absent = target == 0
+        terms = xp.where(absent, 0.0, target * safe_log(xp, clipped))
+        loss = mark_bad(xp, -xp.sum(terms, axis=-1), outside)
+        grad = None
+        if gradient:
+            grad = xp.where(absent | ~inside, 0.0, -target / clipped)
+            grad = mark_bad(xp, grad, None if outside is None else outside[..., None])
+        return Pass(loss, None, grad)
+
+    pick = picks(p)
+    picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
+    clipped, inside = clip_probs(xp, picked, eps)
+    loss = -pick.weight * safe_log(xp, clipped)
+    loss = mark_bad(xp, mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad), outside)
+    if not gradient:
+        return Pass(loss, xp.sum(pick.weight))
+    at_target = xp.where(pick.kept & inside, -pick.weight / clipped, 0.0)
+    grad = xp.where(is_target_class(p, pick), at_target[..., None], 0.0)
+    grad = mark_bad(xp, grad, pick.bad_rows())
+    outside_rows = None if outside is None else outside[..., None]
+    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, outside_rows))
+
+
+def cross_entropy_from_probs(p: Classes, eps: float) -> Array:
+    return p.reduce(cross_entropy_from_probs_pass(p, eps, gradient=False))
+
+
+def cross_entropy_from_probs_value_and_grad(p: Classes, eps: float) -> tuple[Array, Array]:
+    return p.value_and_grad(cross_entropy_from_probs_pass(p, eps, gradient=True))

@@ -1,0 +1,315 @@
+"""A call's arguments, checked once and put in one canonical form, and its reduction.
+
+Every loss and its gradient work on a *problem*: :class:`Classes` for the categorical losses
+(``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``), :class:`Pointwise` for the
+elementwise ones (the binary losses, ``kl_div``). Both reduce the losses of one :class:`Pass`
+the same way (:meth:`Problem.reduce`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from array_api_compat import device
+
+from .._typing import Array, DType, Namespace
+from .._validation import (
+    check_broadcasts_to,
+    check_class_indices,
+    check_int,
+    check_real_floating,
+    check_reduction,
+    compute_dtype,
+    get_namespace,
+    normalize_axis,
+    num_elements,
+    shape_str,
+)
+from ._arrays import as_array, is_eager
+
+__all__ = ["Classes", "Pass", "Pointwise", "Problem", "prepare_classes", "prepare_pointwise"]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One evaluation of a loss, before its reduction."""
+
+    #: The loss of each position (each element, for an elementwise loss).
+    loss: Array
+    #: What ``"mean"`` divides the sum by, where it is not the problem's own count: the kept
+    #: positions' total weight of a categorical loss with class indices. None otherwise.
+    denominator: Array | None = None
+    #: The gradient of the summed loss with respect to the predictions, in canonical layout
+    #: and the compute dtype, if asked.
+    gradient: Array | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What every checked call has: its namespace, reduction, result dtype and eagerness."""
+
+    xp: Namespace
+    reduction: str
+    #: The dtype of the predictions, and of every result.
+    dtype: DType
+    #: Whether the values of the arrays can be read now (False under jax.jit, on Dask).
+    eager: bool
+
+    @property
+    def compute_dtype(self) -> DType:
+        """float32 for float16 and bfloat16, else the predictions' dtype."""
+        return compute_dtype(self.xp, self.dtype)
+
+    def finish(self, out: Array) -> Array:
+        """``out`` in the predictions' dtype, as an array (never a scalar)."""
+        return as_array(self.xp, self.xp.astype(out, self.dtype, copy=False))
+
+    def count(self) -> int:
+        """What ``"mean"`` divides by unless a :class:`Pass` says otherwise."""
+        raise NotImplementedError
+
+    def to_caller_layout(self, x: Array) -> Array:
+        """An array of the canonical predictions' shape, in the layout the caller gave."""
+        return x
+
+    def _denominator(self, result: Pass) -> Array | float:
+        if result.denominator is not None:
+            return result.denominator
+        count = self.count()
+        return count if count else float("nan")  # an empty mean is NaN, as torch's
+
+    def reduce(self, result: Pass) -> Array:
+        """The reduced loss: ``"none"`` keeps every position, ``"sum"`` adds them up, ``"mean"``
+        (and ``kl_div``'s ``"batchmean"``) divides that sum by the pass's denominator or the
+        problem's count. An empty mean is NaN, as torch's."""
+        xp = self.xp
+        if self.reduction == "none":
+            return self.finish(result.loss)
+        total = xp.sum(result.loss)
+        if self.reduction == "sum":
+            return self.finish(total)
+        return self.finish(total / self._denominator(result))
+
+    def reduced_gradient(self, result: Pass) -> Array:
+        """The gradient of the reduced loss (``"none"``: of the summed loss), in the caller's
+        layout and the predictions' dtype."""
+        assert result.gradient is not None
+        grad = result.gradient
+        if self.reduction in ("mean", "batchmean"):
+            grad = grad / self._denominator(result)
+        return self.finish(self.to_caller_layout(grad))
+
+    def value_and_grad(self, result: Pass) -> tuple[Array, Array]:
+        """The reduced loss and its gradient, from one pass that computed both."""
+        return self.reduce(result), self.reduced_gradient(result)
+
+
+# --- Categorical losses -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Classes(Problem):
+    """One call of a categorical loss, checked, with the class axis last."""
+
+    #: The predictions (logits, log-probabilities or probabilities), class axis last, in the
+    #: caller's dtype. ``scores`` has them in the compute dtype.
+    predictions: Array
+    #: Class indices, shape ``predictions.shape[:-1]``, in the default integer dtype; or class
+    #: probabilities, shape ``predictions.shape``, class axis last, in the compute dtype.
+    target: Array
+    #: One weight per class, shape ``(C,)``, in the compute dtype; or None.
+    weight: Array | None
+    ignore_index: int
+    #: The caller's class axis, non-negative.
+    axis: int
+
+    @property
+    def index_target(self) -> bool:
+        return bool(self.xp.isdtype(self.target.dtype, "integral"))
+
+    @functools.cached_property
+    def scores(self) -> Array:
+        """The predictions in the compute dtype (float32 for float16 and bfloat16), made on
+        first use: a path that reads only the target's entries converts only those."""
+        return self.xp.astype(self.predictions, self.compute_dtype, copy=False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.predictions.shape[-1])
+
+    @property
+    def num_positions(self) -> int:
+        return num_elements(self.predictions.shape[:-1])
+
+    def count(self) -> int:
+        return self.num_positions
+
+    def to_caller_layout(self, x: Array) -> Array:
+        return self.xp.moveaxis(x, -1, self.axis)
+
+
+def prepare_classes(
+    pred_name: str,
+    predictions: Array,
+    target: Array,
+    *,
+    axis: object,
+    weight: Array | None,
+    ignore_index: object,
+    reduction: object,
+    probability_target: bool,
+) -> Classes:
+    """Check the arguments of a categorical loss and put them in canonical form.
+
+    ``probability_target`` says whether a floating ``target`` of class probabilities is allowed
+    beside class indices.
+    """
+    xp = get_namespace((pred_name, predictions), ("target", target), ("weight", weight))
+    check_real_floating(xp, pred_name, predictions)
+    ax = normalize_axis(pred_name, predictions, axis)
+    reduction = check_reduction(reduction)
+    ignore_index = check_int("ignore_index", ignore_index)
+    shape = tuple(predictions.shape)
+    num_classes = shape[ax]
+    if num_classes == 0:
+        raise ValueError(
+            f"{pred_name} of shape {shape_str(shape)} has no classes along axis {axis}"
+        )
+    dtype = compute_dtype(xp, predictions.dtype)
+    moved = xp.moveaxis(predictions, ax, -1)
+    positions = shape[:ax] + shape[ax + 1 :]
+
+    if xp.isdtype(target.dtype, "integral"):
+        if tuple(target.shape) != positions:
+            raise ValueError(
+                f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
+                f"{pred_name} {shape_str(shape)} without class axis {axis}"
+            )
+        target = _as_default_integer(xp, target)
+    elif probability_target and xp.isdtype(target.dtype, "real floating"):
+        if tuple(target.shape) != shape:
+            raise ValueError(
+                f"target of class probabilities has shape {shape_str(target.shape)}, expected "
+                f"{shape_str(shape)}, the shape of {pred_name} (class indices would have shape "
+                f"{shape_str(positions)})"
+            )
+        target = xp.moveaxis(xp.astype(target, dtype, copy=False), ax, -1)
+    elif probability_target:
+        raise TypeError(
+            "target must hold class indices (an integer dtype) or class probabilities "
+            f"(a real floating dtype), got {target.dtype}"
+        )
+    else:
+        raise TypeError(
+            f"target must hold class indices, an integer dtype, got {target.dtype}; "
+            "for class probabilities use cross_entropy"
+        )
+
+    if weight is not None:
+        check_real_floating(xp, "weight", weight)
+        if tuple(weight.shape) != (num_classes,):
+            raise ValueError(
+                f"weight has shape {shape_str(weight.shape)}, expected ({num_classes},): one "
+                f"weight per class of {pred_name} {shape_str(shape)} along axis {axis}"
+            )
+        weight = xp.astype(weight, dtype, copy=False)
+
+    problem = Classes(
+        xp=xp,
+        reduction=reduction,
+        dtype=predictions.dtype,
+        eager=is_eager(predictions, target, weight),
+        predictions=moved,
+        target=target,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=ax,
+    )
+    if problem.eager and problem.index_target:
+        check_class_indices(xp, target, num_classes, ignore_index)
+    return problem
+
+
+def _as_default_integer(xp: Namespace, target: Array) -> Array:
+    """The target in the namespace's default integer dtype, which every backend gathers with
+    (torch's take_along_dim takes int64 alone) and which holds every class and ``ignore_index``.
+    """
+    default = xp.__array_namespace_info__().default_dtypes(device=device(target))["integral"]
+    return xp.astype(target, default, copy=False)
+
+
+# --- Elementwise losses -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pointwise(Problem):
+    """One call of an elementwise loss, checked."""
+
+    #: The predictions in the compute dtype (float32 for float16 and bfloat16).
+    pred: Array
+    #: The target, same shape, in the compute dtype.
+    target: Array
+    #: Optional arrays that broadcast to the predictions' shape, in the compute dtype.
+    weight: Array | None
+    pos_weight: Array | None
+
+    def count(self) -> int:
+        """Every element for ``"mean"``; the first axis for ``kl_div``'s ``"batchmean"``."""
+        shape = self.pred.shape
+        if self.reduction == "batchmean":
+            return int(shape[0]) if len(shape) > 0 else 1
+        return num_elements(shape)
+
+
+def prepare_pointwise(
+    pred_name: str,
+    pred: Array,
+    target: Array,
+    *,
+    reduction: object,
+    reductions: tuple[str, ...] = ("none", "mean", "sum"),
+    weight: Array | None = None,
+    pos_weight: Array | None = None,
+    label_target: bool = False,
+) -> Pointwise:
+    """Check an elementwise loss's arguments.
+
+    ``label_target`` allows an integer or boolean target (0/1 labels) beside a floating one.
+    """
+    xp = get_namespace(
+        (pred_name, pred), ("target", target), ("weight", weight), ("pos_weight", pos_weight)
+    )
+    check_real_floating(xp, pred_name, pred)
+    reduction = check_reduction(reduction, reductions)
+    shape = tuple(pred.shape)
+    if tuple(target.shape) != shape:
+        raise ValueError(
+            f"target has shape {shape_str(target.shape)}, expected {shape_str(shape)}, "
+            f"the shape of {pred_name}"
+        )
+    floating = xp.isdtype(target.dtype, "real floating")
+    labels = xp.isdtype(target.dtype, ("integral", "bool"))
+    if not (floating or (label_target and labels)):
+        expected = (
+            "a real floating, integer or bool dtype" if label_target else ("a real floating dtype")
+        )
+        raise TypeError(f"target must have {expected}, got {target.dtype}")
+    dtype = compute_dtype(xp, pred.dtype)
+    extras = []
+    for name, extra in (("weight", weight), ("pos_weight", pos_weight)):
+        if extra is not None:
+            check_real_floating(xp, name, extra)
+            check_broadcasts_to(name, extra, shape, pred_name)
+            extra = xp.astype(extra, dtype, copy=False)
+        extras.append(extra)
+    return Pointwise(
+        xp=xp,
+        reduction=reduction,
+        dtype=pred.dtype,
+        eager=is_eager(pred, target, weight, pos_weight),
+        pred=xp.astype(pred, dtype, copy=False),
+        target=xp.astype(target, dtype, copy=False),
+        weight=extras[0],
+        pos_weight=extras[1],
+    )

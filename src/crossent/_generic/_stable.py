@@ -1,0 +1,66 @@
+"""Numerically stable pieces that more than one family of losses is built from."""
+
+from __future__ import annotations
+
+from array_api_compat import device
+
+from .._typing import Array, Namespace
+from ._arrays import constant
+
+__all__ = ["clip_probs", "mark_bad", "safe_log", "softplus_pair", "stable_max"]
+
+
+def stable_max(xp: Namespace, x: Array, axis: int | tuple[int, ...]) -> Array:
+    """The maximum along ``axis`` (kept), with non-finite maxima replaced by 0.
+
+    Shifting by the maximum keeps ``exp`` in range; a row of all ``-inf`` would otherwise be
+    shifted by ``-inf`` and give ``-inf - (-inf) = NaN`` instead of an exact 0 after ``exp``.
+    The shift cancels out of every result, so autodiff may treat it as a constant.
+    """
+    if 0 in x.shape:  # nothing to shift; Dask's max fails on empty chunks
+        axes = (axis,) if isinstance(axis, int) else axis
+        shape = tuple(
+            1 if a in axes or a - len(x.shape) in axes else s for a, s in enumerate(x.shape)
+        )
+        return xp.zeros(shape, dtype=x.dtype, device=device(x))
+    m = constant(xp, xp.max(x, axis=axis, keepdims=True))
+    return xp.where(xp.isfinite(m), m, 0.0)
+
+
+def safe_log(xp: Namespace, x: Array) -> Array:
+    """``log(x)`` for ``x >= 0`` (a probability, a sum of exponentials): ``-inf`` at 0, with a
+    zero gradient there and no warning, never NaN."""
+    positive = x > 0
+    return xp.where(positive, xp.log(xp.where(positive, x, 1.0)), -xp.inf)
+
+
+def softplus_pair(xp: Namespace, x: Array) -> tuple[Array, Array, Array]:
+    """``softplus(x)``, ``softplus(-x)`` and ``exp(-|x|)``, for any ``x`` without overflow.
+
+    ``softplus(x) = max(x, 0) + log1p(exp(-|x|))``. Both parts have a kink at 0, and their
+    derivatives there must add up to ``sigmoid(0) = 1/2``; frameworks break ties of ``maximum``
+    and ``abs`` differently (JAX and torch disagree), so the kinks are written with ``where``,
+    whose derivative is the same everywhere: with ``x > 0`` choosing, ``|x|'(0) = -1`` and
+    ``max(x, 0)'(0) = 0`` give exactly 1/2.
+    """
+    positive = x > 0
+    decay = xp.exp(-xp.where(positive, x, -x))
+    tail = xp.log1p(decay)
+    return xp.where(positive, x, 0.0) + tail, xp.where(positive, 0.0, -x) + tail, decay
+
+
+def clip_probs(xp: Namespace, probs: Array, eps: float) -> tuple[Array, Array]:
+    """``clip(probs, eps, 1 - eps)``, and where no clipping happened (bounds included).
+
+    Written as a ``where`` so that autodiff passes the gradient through at the bounds, as
+    torch's ``clamp`` does, where JAX's ``clip`` would halve it.
+    """
+    inside = (probs >= eps) & (probs <= 1.0 - eps)
+    return xp.where(inside, probs, xp.clip(probs, eps, 1.0 - eps)), inside
+
+
+def mark_bad(xp: Namespace, x: Array, bad: Array | None) -> Array:
+    """NaN where the input was invalid but could not be checked (lazy arrays)."""
+    if bad is None:
+        return x
+    return xp.where(bad, xp.nan, x)
