@@ -191,3 +191,46 @@ def test_with_logits_is_non_negative(logits, target, pos_weight, to_xp, xp):
         reduction="none",
     )
     assert (to_numpy(loss) >= 0).all()
+
+
+# --- NaN in, NaN out; every target checked ----------------------------------------------
+
+
+# Dask computes after crossent returns, outside its silencing of NumPy's warnings
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("eps", [None, 1e-7])
+def test_a_nan_probability_or_target_gives_nan_not_the_floor(eps, to_xp, assert_close, lazy):
+    # both comparisons with 0 and 1 are false for NaN: it once took both floors, a loss of 100
+    probs, target = np.array([np.nan, 0.3, 0.3, 0.0]), np.array([1.0, np.nan, 1.0, 1.0])
+    losses = lazy(crossent.binary_cross_entropy)(
+        to_xp(probs), to_xp(target), reduction="none", eps=eps
+    )
+    floor = 100.0 if eps is None else -np.log(eps)
+    assert_close(losses, [np.nan, np.nan, -np.log(0.3), floor])
+    mean = lazy(crossent.binary_cross_entropy)(to_xp(probs), to_xp(target), eps=eps)
+    assert_close(mean, np.nan)
+
+
+@pytest.mark.parametrize("eps", [None, 1e-7])
+@pytest.mark.parametrize("bad", [-0.5, 1.5, 2.0])
+def test_targets_outside_the_unit_interval(bad, eps, xp, to_xp, assert_close, lazy):
+    probs, target = np.array([0.5, 0.2]), np.array([1.0, bad])
+    if not is_dask_namespace(xp):
+        message = rf"target must hold probabilities in \[0, 1\], found {bad}"
+        with pytest.raises(ValueError, match=message):
+            crossent.binary_cross_entropy(to_xp(probs), to_xp(target), eps=eps)
+    if is_dask_namespace(xp) or is_jax_namespace(xp):
+        losses = lazy(crossent.binary_cross_entropy)(
+            to_xp(probs), to_xp(target), reduction="none", eps=eps
+        )
+        assert_close(losses, [np.log(2), np.nan])
+
+
+@pytest.mark.parametrize("bad", [-0.5, 1.5])
+def test_probabilities_are_checked_before_eps_clips_them(bad, xp, to_xp):
+    if is_dask_namespace(xp):
+        pytest.skip("lazy: checked by test_probabilities_outside_the_unit_interval")
+    with pytest.raises(
+        ValueError, match=rf"probs must hold probabilities in \[0, 1\], found {bad}"
+    ):
+        crossent.binary_cross_entropy(to_xp(np.array([bad])), to_xp(np.array([1.0])), eps=1e-7)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import oracle
 import pytest
@@ -15,6 +17,7 @@ from hypothesis.extra.numpy import arrays
 from oracle import T, class_first
 
 import crossent
+from crossent._dispatch import generic_only
 
 N, C = 6, 5
 
@@ -391,3 +394,69 @@ def test_cross_entropy_is_nll_of_log_softmax(logits, target, smoothing, to_xp, a
     expected = crossent.nll_loss(log_probs, to_xp(target), reduction="none")
     actual = crossent.cross_entropy(to_xp(logits), to_xp(target), reduction="none")
     assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+# --- NaN and inf: as torch propagates them ------------------------------------------------
+
+
+# Dask computes after crossent returns, outside its silencing of NumPy's warnings
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("generic", [False, True], ids=["kernel", "generic"])
+def test_nan_and_inf_logits_as_torch(generic, smoothing, to_xp, assert_close, lazy):
+    # a NaN maximum was shifted by 0 and a NaN total logged to -inf: every path must give NaN
+    logits = np.array(
+        [[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [0.0, np.inf, 1.0], [0.0, -np.inf, 1.0]] * 2
+    )
+    target = np.array([0, 0, 1, 1, 0, 2, 1, 2])
+    expected = F.cross_entropy(T(logits), T(target), reduction="none", label_smoothing=smoothing)
+    func = lazy(crossent.cross_entropy)
+    with generic_only() if generic else contextlib.nullcontext():
+        actual = func(to_xp(logits), to_xp(target), reduction="none", label_smoothing=smoothing)
+    assert_close(actual, expected)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_a_nan_probability_at_the_target_gives_nan(to_xp, assert_close, lazy):
+    probs = np.array([[np.nan, 0.5, 0.5], [0.2, 0.3, 0.5]])
+    func = lazy(crossent.cross_entropy_from_probs)
+    assert_close(
+        func(to_xp(probs), to_xp(np.array([0, 1])), reduction="none"), [np.nan, -np.log(0.3)]
+    )
+    soft = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert_close(func(to_xp(probs), to_xp(soft), reduction="none"), [np.nan, -np.log(0.3)])
+
+
+# --- Class indices of every integer dtype -------------------------------------------------
+
+
+def test_uint64_indices_that_do_not_fit_int64(xp, to_xp, assert_close, lazy):
+    # 2**64 - 100 once wrapped to -100, an ignored position
+    logits = np.zeros((3, 3))
+    target = np.array([0, 2**64 - 100, 2**63], dtype=np.uint64)
+    try:
+        indices = to_xp(target)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as error:
+        pytest.skip(f"{type(xp).__name__} holds no uint64 of this size: {error}")
+    if _can_be_eager(xp):
+        with pytest.raises(ValueError, match="target holds class index 18446744073709551516"):
+            crossent.cross_entropy(to_xp(logits), indices)
+    if _can_be_lazy(xp):
+        losses = lazy(crossent.cross_entropy)(to_xp(logits), indices, reduction="none")
+        assert_close(losses, [np.log(3), np.nan, np.nan])
+    fitting = to_xp(np.array([0, 2, 1], dtype=np.uint64))
+    assert_close(crossent.cross_entropy(to_xp(logits), fitting), np.log(3))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("shape", [(0, 2, 3), (2, 0, 3)])
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "cross_entropy_from_probs"])
+def test_empty_batch_with_positions_and_class_weights(name, shape, to_xp, assert_close):
+    # Dask could not reshape an empty array cut into chunks of 1
+    func = getattr(crossent, name)
+    scores, target = to_xp(np.zeros(shape)), to_xp(np.zeros(shape[:2], dtype=np.int64))
+    weight = to_xp(np.ones(3))
+    assert_close(func(scores, target, weight=weight, axis=-1), np.nan)
+    assert_close(func(scores, target, weight=weight, reduction="none"), np.zeros(shape[:2]))
+    _, gradient = crossent.value_and_grad(func)(scores, target, weight=weight)
+    assert_close(gradient, np.zeros(shape))

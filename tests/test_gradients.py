@@ -266,3 +266,55 @@ def test_jax_transformations_over_every_loss(name, xp, to_xp, assert_close):
     assert_close(per_problem, xp.stack([single] * 3))
     grads = jax.vmap(jax.grad(summed), in_axes=(0, 0, None))(batch_pred, batch_target, arrays)
     assert_close(grads, xp.stack([expected_grad] * 3), atol=1e-15)
+
+
+# --- Where the mean has no weight: torch's gradient ------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:(invalid value|divide by zero) encountered:RuntimeWarning")
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weights", ["every position ignored", "zero weight where kept"])
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss"])
+def test_gradient_where_the_mean_has_no_weight(name, weights, smoothing, xp, to_xp, assert_close):
+    # torch: 0 at ignored positions even where all are (0 / 0 once gave NaN), NaN at kept ones
+    if name == "nll_loss" and smoothing:
+        pytest.skip("nll_loss has no smoothing")
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((4, 3))
+    target = np.array([-100, -100, -100, -100])
+    weight = np.array([0.0, 1.0, 2.0])
+    if weights == "zero weight where kept":
+        target = np.array([0, -100, 0, -100])
+    options = {"label_smoothing": smoothing} if smoothing else {}
+    case = Case(name, scores, target, {"weight": weight, **options})
+    _, expected_grad = torch_gradient(case)
+    args, crossent_options = case.crossent_args(to_xp)
+    func = getattr(crossent, name)
+    loss, grad = crossent.value_and_grad(func)(*args, **crossent_options)
+    assert_close(loss, np.nan)
+    if weights == "every position ignored":
+        assert_close(grad, expected_grad)
+    else:
+        # torch's nll_loss has its NaN at the target class alone, its cross_entropy across the
+        # row; the analytic gradient makes the whole row NaN in both, rows ignored stay 0
+        nan_rows = np.isnan(expected_grad.numpy()).any(axis=1)
+        assert_close(grad, np.where(nan_rows[:, None], np.nan, np.zeros(scores.shape)))
+    if is_torch_namespace(xp) or is_jax_namespace(xp):
+        with generic_only():
+            assert_close(_autodiff(xp, func, args, crossent_options), expected_grad)
+
+
+# Dask computes after crossent returns, outside its silencing of NumPy's warnings
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
+@pytest.mark.parametrize("kind", ["indices", "probabilities"])
+def test_a_probability_of_zero_at_the_target_with_eps_zero(kind, xp, to_xp, assert_close):
+    # -log(p) at p = 0: an infinite loss, and the derivative's limit -1/p = -inf on every path
+    probs = np.array([[0.0, 1.0], [0.5, 0.5]])
+    target = np.array([0, 1]) if kind == "indices" else np.array([[1.0, 0.0], [0.0, 1.0]])
+    args = (to_xp(probs), to_xp(target))
+    func = crossent.cross_entropy_from_probs
+    loss, grad = crossent.value_and_grad(func)(*args, eps=0.0, reduction="sum")
+    assert_close(loss, np.inf)
+    assert_close(grad, [[-np.inf, 0.0], [0.0, -2.0]])
+    if is_torch_namespace(xp) or is_jax_namespace(xp):
+        assert_close(_autodiff(xp, func, args, {"eps": 0.0, "reduction": "sum"}), grad)

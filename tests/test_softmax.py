@@ -126,3 +126,35 @@ def test_softmax_sums_to_one_and_matches_exp_log_softmax(x, to_xp, assert_close,
     probs = crossent.softmax(to_xp(x))
     assert_close(xp.sum(probs, axis=-1), np.ones(3), rtol=1e-12)
     assert_close(xp.exp(crossent.log_softmax(to_xp(x))), probs, rtol=1e-12, atol=1e-300)
+
+
+# --- NaN and inf: as torch propagates them ------------------------------------------------
+
+
+# Dask computes after crossent returns, outside its silencing of NumPy's warnings
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("name", [*PRIMITIVES, "log_sigmoid"])
+def test_nan_and_inf_rows_as_torch(name, to_xp, assert_close, lazy):
+    x = np.array(
+        [[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [0.0, -np.inf, 1.0], [np.inf, np.inf, 0.0]]
+    )
+    func, theirs = PRIMITIVES.get(name, (crossent.log_sigmoid, lambda v, axis: F.logsigmoid(v)))
+    assert_close(lazy(func)(to_xp(x)), theirs(T(x), -1))
+
+
+def test_logsumexp_of_nan_is_nan_and_of_inf_is_inf(to_xp, assert_close):
+    # SciPy's and torch's: a NaN maximum is no -inf row (it gave -inf before)
+    x = np.array([[0.0, np.nan], [0.0, np.inf], [-np.inf, np.inf]])
+    assert_close(crossent.logsumexp(to_xp(x)), np.array([np.nan, np.inf, np.inf]))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_logsumexp_over_no_axis_is_the_input(keepdims, to_xp, assert_close):
+    # the standard's reading of axis=(); torch's own logsumexp reads dim=() as every axis
+    x = rng.standard_normal((2, 3))
+    assert_close(crossent.logsumexp(to_xp(x), axis=(), keepdims=keepdims), x)
+
+
+def test_keepdims_must_be_a_bool(to_xp):
+    with pytest.raises(TypeError, match="keepdims must be a Python bool, got str"):
+        crossent.logsumexp(to_xp(np.zeros(3)), keepdims="no")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from array_api_compat import is_array_api_strict_namespace, is_numpy_namespace
+from array_api_compat import (
+    is_array_api_strict_namespace,
+    is_dask_namespace,
+    is_numpy_namespace,
+)
 from conftest import to_numpy
 
 import crossent
@@ -177,3 +181,104 @@ def test_never_writes_into_the_callers_arrays(name, to_xp):
     to_numpy(out)  # compute, where lazy
     for a, b in zip(arrays, before, strict=True):
         np.testing.assert_array_equal(to_numpy(a), b)
+
+
+# --- The same call is refused with the same message on every backend ----------------------
+
+
+def test_label_smoothing_of_none(to_xp):
+    message = "label_smoothing must be a Python float in .*, got NoneType"
+    with pytest.raises(TypeError, match=message):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET), label_smoothing=None)
+
+
+@pytest.mark.parametrize("name", [*LOSSES, "kl_div", "log_softmax"])
+def test_an_unknown_keyword_names_the_public_function(name, to_xp):
+    # not an internal name: the torch direct call once answered for the public function
+    arrays = (to_xp(np.full((4, 3), 0.5)), to_xp(np.full((4, 3), 0.5)))
+    if name in ("cross_entropy", "nll_loss", "cross_entropy_from_probs"):
+        arrays = (arrays[0], to_xp(TARGET))
+    if name == "log_softmax":
+        arrays = arrays[:1]
+    with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword argument 'foo'"):
+        getattr(crossent, name)(*arrays, foo=1)
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**70])
+def test_ignore_index_must_fit_int64(value, to_xp):
+    message = rf"ignore_index must be an int in \[-2\*\*63, 2\*\*63\).*got {value}"
+    with pytest.raises(ValueError, match=message):
+        crossent.cross_entropy(to_xp(LOGITS), to_xp(TARGET), ignore_index=value)
+
+
+def test_log_target_must_be_a_bool(to_xp):
+    with pytest.raises(TypeError, match="log_target must be a Python bool, got int"):
+        crossent.kl_div(to_xp(LOGITS), to_xp(LOGITS), log_target=1)
+
+
+@pytest.mark.parametrize("argument", ["logits", "target", "weight"])
+def test_numpy_masked_arrays_are_refused(argument):
+    # array_api_compat takes them for NumPy arrays, and the mask would silently be dropped
+    arrays = {"logits": LOGITS, "target": TARGET, "weight": np.ones(3)}
+    arrays[argument] = np.ma.masked_array(arrays[argument], mask=np.zeros_like(arrays[argument]))
+    message = f"{argument} must be an array without a mask, got a NumPy masked array"
+    with pytest.raises(TypeError, match=message):
+        crossent.cross_entropy(arrays["logits"], arrays["target"], weight=arrays["weight"])
+
+
+def _catalogue(to_xp):
+    """Calls that torch's own functions accept or refuse by looser rules than crossent's:
+    (name, thunk, whether a check of values decides it)."""
+    half = np.full((2, 3), 0.5)
+    return [
+        ("unbatched logits, batched target", lambda: crossent.cross_entropy(
+            to_xp(np.array([0.5, -1.0, 2.0])), to_xp(np.array([1]))), False),
+        ("torch's legacy reduction", lambda: crossent.nll_loss(
+            to_xp(LOGITS), to_xp(TARGET), reduction="elementwise_mean"), False),
+        ("nll target of class probabilities' shape", lambda: crossent.nll_loss(
+            to_xp(LOGITS), to_xp(np.zeros((4, 3), dtype=np.int64))), False),
+        ("label smoothing of None", lambda: crossent.cross_entropy(
+            to_xp(LOGITS), to_xp(TARGET), label_smoothing=None), False),
+        ("label smoothing above 1", lambda: crossent.cross_entropy(
+            to_xp(LOGITS), to_xp(TARGET), label_smoothing=1.5), False),
+        ("ignore_index beyond int64", lambda: crossent.cross_entropy(
+            to_xp(LOGITS), to_xp(TARGET), ignore_index=2**70), False),
+        ("a weight per class too many", lambda: crossent.cross_entropy(
+            to_xp(LOGITS), to_xp(TARGET), weight=to_xp(np.ones(4))), False),
+        ("a weight that enlarges the loss", lambda: crossent.binary_cross_entropy(
+            to_xp(np.full(3, 0.5)), to_xp(np.ones(3)), weight=to_xp(np.ones((2, 3)))), False),
+        ("a pos_weight that enlarges the loss", lambda: crossent.binary_cross_entropy_with_logits(
+            to_xp(np.zeros(3)), to_xp(np.ones(3)), pos_weight=to_xp(np.ones((2, 3)))), False),
+        ("an unknown keyword", lambda: crossent.binary_cross_entropy(
+            to_xp(half), to_xp(half), foo=1), False),
+        ("a binary target of 2", lambda: crossent.binary_cross_entropy(
+            to_xp(half), to_xp(np.full((2, 3), 2.0))), True),
+        ("a probability of 1.5 with eps", lambda: crossent.binary_cross_entropy(
+            to_xp(np.full(3, 1.5)), to_xp(np.ones(3)), eps=1e-7), True),
+        ("a class index out of range", lambda: crossent.cross_entropy(
+            to_xp(LOGITS), to_xp(np.array([0, 1, 2, 3]))), True),
+        ("a NaN probability", lambda: crossent.binary_cross_entropy(
+            to_xp(np.array([np.nan, 0.5])), to_xp(np.ones(2))), False),
+    ]  # fmt: skip
+
+
+def _outcome(thunk):
+    try:
+        return "value", float(to_numpy(thunk()))
+    except (TypeError, ValueError) as error:
+        return type(error).__name__, str(error)
+
+
+@pytest.mark.parametrize("index", range(len(_catalogue(np.asarray))))
+def test_every_backend_accepts_or_refuses_alike(index, xp, to_xp):
+    name, thunk, checks_values = _catalogue(to_xp)[index]
+    if checks_values and is_dask_namespace(xp):
+        pytest.skip("lazy: a bad value gives NaN (tested beside each loss)")
+    _, numpy_thunk, _ = _catalogue(np.asarray)[index]
+    expected = _outcome(numpy_thunk)
+    actual = _outcome(thunk)
+    if expected[0] == "value":
+        assert actual[0] == "value", f"{name}: {actual}"
+        np.testing.assert_allclose(actual[1], expected[1], rtol=1e-12, err_msg=name)
+    else:
+        assert actual == expected, name

@@ -58,8 +58,8 @@ def binary_cross_entropy(
         If an argument is not an array of ``probs``' library, or has the wrong dtype.
     ValueError
         If shapes do not fit, an option is out of its set, the arrays are on two devices, or
-        (eager arrays only) a probability lies outside [0, 1]; on lazy arrays such an element
-        gives NaN.
+        (eager arrays only) a probability or a target lies outside [0, 1]; on lazy arrays such
+        an element gives NaN. A NaN probability or target gives NaN.
 
     Notes
     -----
@@ -93,6 +93,7 @@ def prepare_binary_cross_entropy(
     clip = check_eps(eps)
     if p.eager:
         check_probabilities(p.xp, "probs", p.pred)
+        check_probabilities(p.xp, "target", p.target)
     return p, (clip,)
 
 

@@ -138,7 +138,10 @@ def entry(generic: Callable[..., Any]) -> Callable[[F], F]:
 
                     direct.append(_torch.DIRECT_CALLS.get(generic))
                 if direct[0] is not None:
-                    out = direct[0](*args, **kwargs)
+                    try:
+                        out = direct[0](*args, **kwargs)
+                    except TypeError:  # arguments the public function refuses, with its name
+                        out = None
                     if out is not None:
                         return out
             with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):

@@ -6,6 +6,7 @@ from ._dispatch import dispatch, public_function
 from ._generic import _divergence as generic
 from ._generic._problems import Pointwise, prepare_pointwise
 from ._typing import Array
+from ._validation import check_bool
 
 __all__ = ["kl_div"]
 
@@ -81,6 +82,4 @@ def prepare_kl_div(
     p = prepare_pointwise(
         "log_probs", log_probs, target, reduction=reduction, reductions=KL_REDUCTIONS
     )
-    if not isinstance(log_target, bool):
-        raise TypeError(f"log_target must be a bool, got {type(log_target).__name__}")
-    return p, (log_target,)
+    return p, (check_bool("log_target", log_target),)

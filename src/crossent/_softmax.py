@@ -8,7 +8,13 @@ from ._dispatch import dispatch, public_function
 from ._generic import _softmax as generic
 from ._generic._arrays import as_array
 from ._typing import Array, Namespace
-from ._validation import check_real_floating, compute_dtype, get_namespace, normalize_axis
+from ._validation import (
+    check_bool,
+    check_real_floating,
+    compute_dtype,
+    get_namespace,
+    normalize_axis,
+)
 
 __all__ = ["log_sigmoid", "log_softmax", "logsumexp", "softmax"]
 
@@ -79,6 +85,9 @@ def logsumexp(
     """
     xp, xc = _prepare("x", x)
     axes = _axes(x, axis)
+    check_bool("keepdims", keepdims)
+    if not axes:  # no axis to reduce: each element alone (torch would read dim=() as all)
+        return as_array(xp, xp.astype(xc, x.dtype, copy=True))
     if any(x.shape[a] == 0 for a in axes):
         shape = tuple(1 if a in axes else s for a, s in enumerate(x.shape))
         out = xp.full(shape, -xp.inf, dtype=xc.dtype, device=device(x))

@@ -14,6 +14,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace, device
 
 from ._typing import Array, DType, Namespace
@@ -38,6 +39,9 @@ def get_namespace(predictions: tuple[str, Array], *others: tuple[str, Array | No
     ``(name, array)`` pairs, where ``None`` means the optional argument was not given.
     """
     first_name, first = predictions
+    _reject_masked(first_name, first)
+    for name, value in others:
+        _reject_masked(name, value)
     try:
         xp = array_namespace(first)
     except TypeError:
@@ -62,6 +66,17 @@ def get_namespace(predictions: tuple[str, Array], *others: tuple[str, Array | No
             )
     _check_same_device(predictions, others)
     return xp
+
+
+def _reject_masked(name: str, x: object) -> None:
+    # array_api_compat takes a masked array for a NumPy array, and every operation would then
+    # drop or misread its mask: refuse it rather than compute on the masked-out values.
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must be an array without a mask, got a NumPy masked array: crossent would "
+            "ignore its mask; pass numpy.ma.getdata(...) and skip positions with ignore_index "
+            "or a zero weight"
+        )
 
 
 def _check_same_device(
@@ -162,6 +177,26 @@ def check_int(name: str, value: object) -> int:
     return int(_python_number(name, value, numbers.Integral, "int"))
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_index(name: str, value: object) -> int:
+    """An int that class indices (int64) can be compared with."""
+    number = check_int(name, value)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise ValueError(
+            f"{name} must be an int in [-2**63, 2**63), the range of int64 class indices, "
+            f"got {number}"
+        )
+    return number
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a Python bool, got {type(value).__name__}{_STATIC_HINT}")
+    return value
+
+
 def num_elements(shape: Sequence[Any]) -> int:
     return math.prod(int(s) for s in shape)
 
@@ -169,11 +204,20 @@ def num_elements(shape: Sequence[Any]) -> int:
 # --- Checks of values: eager arrays only ---------------------------------------------------
 
 
-def check_class_indices(xp: Namespace, target: Array, num_classes: int, ignore_index: int) -> None:
-    """Every class index lies in ``[0, num_classes)`` or is ``ignore_index``."""
-    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+def check_class_indices(
+    xp: Namespace, target: Array, num_classes: int, ignore_index: int, *, wrapped: bool = False
+) -> None:
+    """Every class index lies in ``[0, num_classes)`` or is ``ignore_index``.
+
+    ``wrapped``: ``target`` holds unsigned 64-bit indices converted to int64, where each
+    negative value is one that did not fit, and is reported as the caller gave it.
+    """
+    if wrapped:
+        bad = target < 0
+    else:
+        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(xp.any(bad)):
-        found = int(_first(xp, target, bad))
+        found = int(_first(xp, target, bad)) + (2**64 if wrapped else 0)
         raise ValueError(
             f"target holds class index {found}, outside [0, {num_classes}) and not "
             f"ignore_index ({ignore_index})"

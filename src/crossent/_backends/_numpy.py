@@ -12,6 +12,7 @@ thread per core. The per-position arithmetic that follows is the generic path's 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -133,13 +134,14 @@ def _statistics(
     logits: np.ndarray,
     terms: IndexTerms,
     gradient: np.ndarray | None = None,
-    scale: float = 1.0,
+    scale: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read the rows once, block by block: the log normaliser, the shifted target logit and,
     with smoothing, the weighted sum of shifted logits of every position.
 
     With ``gradient`` (an array of the rows' shape), each block's exponentials are turned into
-    ``scale`` times its gradient there, instead of in a scratch buffer.
+    its gradient there, instead of in a scratch buffer: times ``scale`` at kept positions, 0 at
+    ignored ones (None: the gradient of the sum).
     """
     rows, classes = logits.shape
     dtype = np.dtype(p.compute_dtype)
@@ -153,11 +155,12 @@ def _statistics(
     block_rows = max(1, BLOCK_ELEMENTS // classes)
 
     if gradient is not None:
-        softmax_scale = scale * np.asarray(terms.softmax_coefficient(p)).reshape(-1)
-        target_term = scale * np.asarray(terms.target_term()).reshape(-1)
         kept = np.asarray(terms.pick.kept).reshape(-1)
+        row_scale = kept.astype(dtype) if scale is None else np.where(kept, scale, 0.0)
+        softmax_scale = row_scale * np.asarray(terms.softmax_coefficient(p)).reshape(-1)
+        target_term = row_scale * np.asarray(terms.target_term()).reshape(-1)
         # (eps / C) w_c, taken from every class of a kept position
-        spread = scale * (smoothing / classes) * (1.0 if class_weights is None else class_weights)
+        spread = (smoothing / classes) * (1.0 if class_weights is None else class_weights)
 
     # Row sums as a product with a vector of ones: BLAS's gemv is three times faster than
     # np.sum along a short axis, and as exact for these sums of positive terms.
@@ -174,7 +177,7 @@ def _statistics(
                 out[...] = block
                 block = out
             shift = _row_max(block)
-            shift[~np.isfinite(shift)] = 0.0  # a row of all -inf: exp gives 0, not NaN
+            shift[shift == -np.inf] = 0.0  # a row of all -inf: exp gives 0, not NaN
             np.subtract(block, shift[:, None], out=out)
             local = np.arange(hi - lo)
             picked[lo:hi] = out[local, index[lo:hi]]
@@ -186,7 +189,7 @@ def _statistics(
             if gradient is not None:
                 out *= (softmax_scale[lo:hi] / total)[:, None]
                 if smoothing > 0.0:
-                    out -= kept[lo:hi, None] * spread
+                    out -= row_scale[lo:hi, None] * spread
                 out[local, index[lo:hi]] -= target_term[lo:hi]
 
     _run_blocks(rows, classes, work)
@@ -213,9 +216,12 @@ def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> Any:
         return None
     terms = IndexTerms.of(p, smoothing)
     weight_sum = terms.weight_sum(p)
-    # The mean's 1 / W goes into the block loop: no second pass over the gradient.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = float(1.0 / weight_sum) if p.reduction == "mean" else 1.0
+    # The mean's 1 / W goes into the block loop: no second pass over the gradient. As torch's,
+    # it is NaN at kept positions whose total weight W is 0 (ignored ones stay 0).
+    scale = None
+    if p.reduction == "mean":
+        total = float(weight_sum)
+        scale = 1.0 / total if total != 0.0 else math.nan
     gradient = np.empty(p.predictions.shape, dtype=p.compute_dtype)
     statistics = _statistics(p, logits, terms, gradient.reshape(-1, p.num_classes), scale)
     loss = p.reduce(Pass(terms.loss(p, *statistics), weight_sum))

@@ -98,8 +98,16 @@ def nll_loss(p: Classes) -> Array:
 
 def binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
     probs = p.pred if eps is None else torch.clamp(p.pred, eps, 1.0 - eps)
-    out = F.binary_cross_entropy(probs, p.target, weight=p.weight, reduction=p.reduction)
-    return p.finish(out)
+    # torch raises on a NaN probability or target, where crossent gives NaN: NaN positions
+    # enter torch as 1/2, and come out NaN again. (Out-of-range values raised already.)
+    nan = torch.isnan(probs) | torch.isnan(p.target)
+    loss = F.binary_cross_entropy(
+        torch.where(nan, 0.5, probs),
+        torch.where(nan, 0.5, p.target),
+        weight=p.weight,
+        reduction="none",
+    )
+    return p.reduce(Pass(torch.where(nan, torch.nan, loss)))
 
 
 def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
@@ -128,15 +136,19 @@ KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
 # Each takes the public function's arguments, with its defaults (tests/test_backends.py checks
 # the signatures are the same). It declines (returns None) where torch's numbers would not be
 # crossent's: half precision (crossent computes it in float32), mixed dtypes (torch promotes,
-# crossent keeps the predictions' dtype), options that are not plain Python values. torch
-# checks the rest itself; where it raises, the full path runs and raises crossent's error. On
-# CUDA a bad class index is a device-side assert, not an exception: CUDA tensors take the full
-# path, which checks indices first.
+# crossent keeps the predictions' dtype), options that are not plain Python values, and what
+# torch accepts but crossent refuses (its reduction alias "elementwise_mean", a target of the
+# wrong shape, weights that would enlarge the loss, label smoothing outside [0, 1]). torch
+# checks the values itself; where it raises, the full path runs and raises crossent's error,
+# so that a call is refused with the same message on every backend (tests/test_validation.py).
+# On CUDA a bad class index is a device-side assert, not an exception: CUDA tensors take the
+# full path, which checks indices first.
 
 _TORCH_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
 
 
-_PLAIN = (int, float, type(None))
+_NUMBERS = (int, float)
+_REDUCTIONS = ("none", "mean", "sum")
 
 
 def _plain(x: torch.Tensor, axis: object, reduction: object, *options: object) -> bool:
@@ -144,10 +156,31 @@ def _plain(x: torch.Tensor, axis: object, reduction: object, *options: object) -
     ``axis`` in range (torch reads no axis of a 1-d input)."""
     if type(axis) is not int or type(reduction) is not str or not -x.ndim <= axis < x.ndim:
         return False
+    if reduction not in _REDUCTIONS:
+        return False
     for option in options:  # noqa: SIM110 (all() of a generator costs more than the check)
-        if type(option) not in _PLAIN:
+        if type(option) not in _NUMBERS:
             return False
     return True
+
+
+def _broadcasts_into(extra: torch.Tensor | None, shape: torch.Size) -> bool:
+    """Whether ``extra`` broadcasts to ``shape`` without enlarging it (None does)."""
+    if extra is None:
+        return True
+    if extra.ndim > len(shape):
+        return False
+    for size, full in zip(reversed(extra.shape), reversed(shape), strict=False):
+        if size != 1 and size != full:
+            return False
+    return True
+
+
+def _positions(x: torch.Tensor, axis: int) -> torch.Size:
+    """The shape of ``x`` without its class axis: that of a target of class indices."""
+    shape = x.shape
+    axis %= len(shape)
+    return shape[:axis] + shape[axis + 1 :]
 
 
 def _same_dtype(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
@@ -180,8 +213,12 @@ def direct_cross_entropy(
         isinstance(target, torch.Tensor)
         and _same_dtype(logits, weight, target if target.is_floating_point() else None)
         and _plain(logits, axis, reduction, ignore_index, label_smoothing)
+        and type(ignore_index) is int
         and 0.0 <= label_smoothing <= 1.0  # torch takes any value
     ):
+        return None
+    expected = logits.shape if target.is_floating_point() else _positions(logits, axis)
+    if target.shape != expected:  # torch reads a (1,) target of (C,) logits as ()
         return None
     try:
         if target.is_floating_point():
@@ -216,10 +253,11 @@ def direct_nll_loss(
         or type(axis) is not int
         or type(reduction) is not str
         or type(ignore_index) is not int
+        or reduction not in _REDUCTIONS
     ):
         return None
     ndim = log_probs.ndim
-    if not -ndim <= axis < ndim:
+    if not -ndim <= axis < ndim or target.shape != _positions(log_probs, axis):
         return None
     if ndim > 1 and axis != 1 and axis != 1 - ndim:
         log_probs = log_probs.movedim(axis, 1)
@@ -237,13 +275,15 @@ def direct_binary_cross_entropy(
     reduction: str = "mean",
     eps: float | None = None,
 ) -> Array:
-    if not (_same_dtype(probs, target, weight) and _plain(probs, -1, reduction, eps)):
+    # With eps, crossent checks the probabilities before clipping them: the full path.
+    if eps is not None or not (
+        _same_dtype(probs, target, weight) and _plain(probs, -1, reduction)
+    ):
         return None
-    if eps is not None and not 0.0 <= eps < 0.5:
+    if not _broadcasts_into(weight, probs.shape):
         return None
     try:
-        clipped = probs if eps is None else torch.clamp(probs, eps, 1.0 - eps)
-        return F.binary_cross_entropy(clipped, target, weight=weight, reduction=reduction)
+        return F.binary_cross_entropy(probs, target, weight=weight, reduction=reduction)
     except _TORCH_ERRORS:
         return None
 
@@ -257,6 +297,8 @@ def direct_binary_cross_entropy_with_logits(
     reduction: str = "mean",
 ) -> Array:
     if not (_same_dtype(logits, target, weight, pos_weight) and _plain(logits, -1, reduction)):
+        return None
+    if not (_broadcasts_into(weight, logits.shape) and _broadcasts_into(pos_weight, logits.shape)):
         return None
     try:
         return F.binary_cross_entropy_with_logits(

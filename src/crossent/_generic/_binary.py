@@ -39,18 +39,21 @@ GRADIENT_FLOOR = 9.999999960041972e-13
 
 
 def floored_logs(xp: Namespace, probs: Array) -> tuple[Array, Array]:
-    """``max(log(p), -100)`` and ``max(log(1 - p), -100)`` for ``p`` in [0, 1].
+    """``max(log(p), -100)`` and ``max(log(1 - p), -100)`` for ``p`` in [0, 1]; NaN for NaN.
 
     The double ``where`` keeps the logarithm away from 0, so that autodiff gets a zero
-    gradient at ``p = 0`` and ``p = 1``, never ``0 * inf = NaN``. ``log1p(-p)``, not
+    gradient at ``p = 0`` and ``p = 1``, never ``0 * inf = NaN``. A NaN probability reaches
+    the logarithm and stays NaN (``maximum`` propagates it); so does one outside [0, 1], which
+    only lazy arrays let through, without a warning from ``log``. ``log1p(-p)``, not
     ``log(1 - p)``: exact for small ``p``, as torch computes it.
     """
-    above_zero, below_one = probs > 0, probs < 1
-    log_p = xp.log(xp.where(above_zero, probs, 1.0))
-    log_not_p = xp.log1p(-xp.where(below_one, probs, 0.0))
+    zero, one = probs == 0, probs == 1
+    valid = xp.where((probs >= 0) & (probs <= 1), probs, xp.nan)
+    log_p = xp.log(xp.where(zero, 1.0, valid))
+    log_not_p = xp.log1p(-xp.where(one, 0.0, valid))
     return (
-        xp.where(above_zero, xp.maximum(log_p, LOG_FLOOR), LOG_FLOOR),
-        xp.where(below_one, xp.maximum(log_not_p, LOG_FLOOR), LOG_FLOOR),
+        xp.where(zero, LOG_FLOOR, xp.maximum(log_p, LOG_FLOOR)),
+        xp.where(one, LOG_FLOOR, xp.maximum(log_not_p, LOG_FLOOR)),
     )
 
 
@@ -97,7 +100,9 @@ def binary_cross_entropy_pass(
         loss = loss * p.weight
         grad = None if grad is None else grad * p.weight
     if not p.eager:
-        outside = outside_unit_interval(xp, p.pred, None)
+        outside = outside_unit_interval(xp, p.pred, None) | outside_unit_interval(
+            xp, p.target, None
+        )
         loss = mark_bad(xp, loss, outside)
         grad = None if grad is None else mark_bad(xp, grad, outside)
     return Pass(loss, None, grad)

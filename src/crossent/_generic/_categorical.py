@@ -67,6 +67,8 @@ def picks(p: Classes) -> Picks:
     index = xp.where(in_range, t, 0)
     if p.weight is None:
         weight = xp.astype(kept, dtype)
+    elif p.num_positions == 0:  # Dask cannot reshape an empty array of several chunks
+        weight = xp.zeros(tuple(t.shape), dtype=dtype, device=device(t))
     else:
         gathered = xp.take(p.weight, xp.reshape(index, (-1,)), axis=0)
         weight = xp.where(kept, xp.reshape(gathered, tuple(t.shape)), 0.0)
@@ -204,7 +206,7 @@ def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
     if smoothing_term is not None:
         grad = grad - smoothing_term
     grad = xp.where(is_target_class(p, pick), grad - terms.target_term()[..., None], grad)
-    return Pass(loss, terms.weight_sum(p), mark_bad(xp, grad, pick.bad_rows()))
+    return Pass(loss, terms.weight_sum(p), mark_bad(xp, grad, pick.bad_rows()), pick.kept)
 
 
 def cross_entropy(p: Classes, smoothing: float) -> Array:
@@ -230,7 +232,7 @@ def nll_loss_pass(p: Classes, *, gradient: bool) -> Pass:
     if gradient:
         grad = xp.where(is_target_class(p, pick), -pick.weight[..., None], 0.0)
         grad = mark_bad(xp, grad, pick.bad_rows())
-    return Pass(loss, xp.sum(pick.weight), grad)
+    return Pass(loss, xp.sum(pick.weight), grad, pick.kept)
 
 
 def nll_loss(p: Classes) -> Array:
@@ -253,7 +255,7 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
         target = p.target if p.weight is None else p.target * p.weight
         clipped, inside = clip_probs(xp, p.scores, eps)
         absent = target == 0
-        terms = xp.where(absent, 0.0, target * safe_log(xp, clipped))
+        terms = xp.where(absent, 0.0, target * _log_where(xp, clipped, ~absent))
         loss = mark_bad(xp, -xp.sum(terms, axis=-1), outside)
         grad = None
         if gradient:
@@ -264,7 +266,7 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
     pick = picks(p)
     picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
     clipped, inside = clip_probs(xp, picked, eps)
-    loss = -pick.weight * safe_log(xp, clipped)
+    loss = -pick.weight * _log_where(xp, clipped, pick.kept)
     loss = mark_bad(xp, mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad), outside)
     if not gradient:
         return Pass(loss, xp.sum(pick.weight))
@@ -272,7 +274,18 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
     grad = xp.where(is_target_class(p, pick), at_target[..., None], 0.0)
     grad = mark_bad(xp, grad, pick.bad_rows())
     outside_rows = None if outside is None else outside[..., None]
-    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, outside_rows))
+    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, outside_rows), pick.kept)
+
+
+def _log_where(xp: Namespace, probs: Array, used: Array) -> Array:
+    """``log(probs)`` where ``used``, 0 elsewhere, for probabilities clipped to
+    ``[eps, 1 - eps]``.
+
+    A used probability of exactly 0 (only with ``eps=0``) gives ``-inf``, and autodiff its true
+    derivative ``1 / 0 = inf``, as the analytic gradient ``-w / p``; elsewhere ``log`` never
+    sees the value, so that ``0 * inf`` cannot make a NaN gradient.
+    """
+    return xp.log(xp.where(used, probs, 1.0))
 
 
 def cross_entropy_from_probs(p: Classes, eps: float) -> Array:

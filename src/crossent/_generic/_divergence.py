@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .._typing import Array
 from ._problems import Pass, Pointwise
+from ._stable import mark_bad
 
 __all__ = ["kl_div", "kl_div_pass", "kl_div_value_and_grad"]
 
@@ -24,7 +25,8 @@ def kl_div_pass(p: Pointwise, log_target: bool, *, gradient: bool) -> Pass:
     else:
         safe_t = xp.where(absent, 1.0, t)
         terms = safe_t * (xp.log(safe_t) - safe_x)
-    loss = xp.where(absent, 0.0, terms)
+    # ... but a NaN prediction stays NaN there, as torch's 0 * NaN does
+    loss = mark_bad(xp, xp.where(absent, 0.0, terms), absent & xp.isnan(x))
     if not gradient:
         return Pass(loss)
     probability = xp.exp(safe_t) if log_target else safe_t

@@ -17,7 +17,7 @@ from .._typing import Array, DType, Namespace
 from .._validation import (
     check_broadcasts_to,
     check_class_indices,
-    check_int,
+    check_index,
     check_real_floating,
     check_reduction,
     compute_dtype,
@@ -43,6 +43,9 @@ class Pass:
     #: The gradient of the summed loss with respect to the predictions, in canonical layout
     #: and the compute dtype, if asked.
     gradient: Array | None = None
+    #: The positions that count toward ``"mean"`` (class indices: not ``ignore_index``), or
+    #: None for all. The others keep a gradient of exactly 0, even where none counts.
+    kept: Array | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,13 @@ class Problem:
         total = xp.sum(result.loss)
         if self.reduction == "sum":
             return self.finish(total)
-        return self.finish(total / self._denominator(result))
+        mean = total / self._denominator(result)
+        if result.denominator is not None:
+            # No weight at all: NaN, as torch's, where smoothing would make it x / 0 = inf. Added,
+            # not chosen by a where, so that autodiff still sees the division, and gives torch's
+            # gradient: 0 at ignored positions, NaN at kept ones.
+            mean = mean + xp.where(result.denominator == 0, xp.nan, xp.zeros_like(mean))
+        return self.finish(mean)
 
     def reduced_gradient(self, result: Pass) -> Array:
         """The gradient of the reduced loss (``"none"``: of the summed loss), in the caller's
@@ -97,7 +106,15 @@ class Problem:
         assert result.gradient is not None
         grad = result.gradient
         if self.reduction in ("mean", "batchmean"):
-            grad = grad / self._denominator(result)
+            if result.kept is None or result.denominator is None:
+                grad = grad / self._denominator(result)
+            else:
+                # torch's: 0 at ignored positions, even where every position is ignored (where
+                # the mean is 0 / 0); NaN at kept ones whose total weight is 0.
+                xp = self.xp
+                empty = result.denominator == 0
+                inverse = xp.where(empty, xp.nan, 1.0 / xp.where(empty, 1.0, result.denominator))
+                grad = grad * xp.where(result.kept, inverse, 0.0)[..., None]
         return self.finish(self.to_caller_layout(grad))
 
     def value_and_grad(self, result: Pass) -> tuple[Array, Array]:
@@ -169,7 +186,7 @@ def prepare_classes(
     check_real_floating(xp, pred_name, predictions)
     ax = normalize_axis(pred_name, predictions, axis)
     reduction = check_reduction(reduction)
-    ignore_index = check_int("ignore_index", ignore_index)
+    ignore_index = check_index("ignore_index", ignore_index)
     shape = tuple(predictions.shape)
     num_classes = shape[ax]
     if num_classes == 0:
@@ -180,13 +197,14 @@ def prepare_classes(
     moved = xp.moveaxis(predictions, ax, -1)
     positions = shape[:ax] + shape[ax + 1 :]
 
+    eager = is_eager(predictions, target, weight)
     if xp.isdtype(target.dtype, "integral"):
         if tuple(target.shape) != positions:
             raise ValueError(
                 f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
                 f"{pred_name} {shape_str(shape)} without class axis {axis}"
             )
-        target = _as_default_integer(xp, target)
+        target = _as_default_integer(xp, target, num_classes, ignore_index, eager)
     elif probability_target and xp.isdtype(target.dtype, "real floating"):
         if tuple(target.shape) != shape:
             raise ValueError(
@@ -219,7 +237,7 @@ def prepare_classes(
         xp=xp,
         reduction=reduction,
         dtype=predictions.dtype,
-        eager=is_eager(predictions, target, weight),
+        eager=eager,
         predictions=moved,
         target=target,
         weight=weight,
@@ -231,12 +249,32 @@ def prepare_classes(
     return problem
 
 
-def _as_default_integer(xp: Namespace, target: Array) -> Array:
+def _as_default_integer(
+    xp: Namespace, target: Array, num_classes: int, ignore_index: int, eager: bool
+) -> Array:
     """The target in the namespace's default integer dtype, which every backend gathers with
     (torch's take_along_dim takes int64 alone) and which holds every class and ``ignore_index``.
+
+    An unsigned index too large for that dtype would wrap around, perhaps onto
+    ``ignore_index``: on eager arrays it raises, on lazy ones it becomes an index that is no
+    class (its loss is NaN).
     """
     default = xp.__array_namespace_info__().default_dtypes(device=device(target))["integral"]
-    return xp.astype(target, default, copy=False)
+    converted = xp.astype(target, default, copy=False)
+    if xp.isdtype(target.dtype, "unsigned integer") and (
+        xp.iinfo(target.dtype).bits >= xp.iinfo(default).bits
+    ):
+        # Compared after the conversion, where they wrapped to negative numbers: torch has no
+        # comparisons of uint64.
+        too_large = converted < 0
+        if eager:
+            check_class_indices(
+                xp, xp.where(too_large, converted, 0), num_classes, ignore_index, wrapped=True
+            )
+        else:
+            no_class = num_classes if ignore_index != num_classes else num_classes + 1
+            converted = xp.where(too_large, no_class, converted)
+    return converted
 
 
 # --- Elementwise losses -----------------------------------------------------------------------

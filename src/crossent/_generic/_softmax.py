@@ -14,8 +14,12 @@ __all__ = ["log_sigmoid", "log_softmax", "logsumexp", "softmax"]
 
 
 def logsumexp(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
-    """The log-sum-exp over ``axes`` (kept, of length 1), none of them empty."""
+    """The log-sum-exp over ``axes`` (kept, of length 1), none of them empty.
+
+    A ``+inf`` entry gives ``+inf``, as torch's and SciPy's: its shift is 0, not ``+inf``.
+    """
     m = stable_max(xp, x, axes)
+    m = xp.where(m == xp.inf, 0.0, m)
     return safe_log(xp, xp.sum(xp.exp(x - m), axis=axes, keepdims=True)) + m
 
 

@@ -11,11 +11,12 @@ __all__ = ["clip_probs", "mark_bad", "safe_log", "softplus_pair", "stable_max"]
 
 
 def stable_max(xp: Namespace, x: Array, axis: int | tuple[int, ...]) -> Array:
-    """The maximum along ``axis`` (kept), with non-finite maxima replaced by 0.
+    """The maximum along ``axis`` (kept), the shift that keeps ``exp`` in range.
 
-    Shifting by the maximum keeps ``exp`` in range; a row of all ``-inf`` would otherwise be
-    shifted by ``-inf`` and give ``-inf - (-inf) = NaN`` instead of an exact 0 after ``exp``.
-    The shift cancels out of every result, so autodiff may treat it as a constant.
+    A maximum of ``-inf`` (a row of all ``-inf``) is replaced by 0: shifting by it would give
+    ``-inf - (-inf) = NaN`` instead of an exact 0 after ``exp``. A NaN maximum stays NaN and a
+    ``+inf`` one stays ``+inf``, so that the row's softmax is NaN, as torch's. The shift
+    cancels out of every result, so autodiff may treat it as a constant.
     """
     if 0 in x.shape:  # nothing to shift; Dask's max fails on empty chunks
         axes = (axis,) if isinstance(axis, int) else axis
@@ -24,14 +25,14 @@ def stable_max(xp: Namespace, x: Array, axis: int | tuple[int, ...]) -> Array:
         )
         return xp.zeros(shape, dtype=x.dtype, device=device(x))
     m = constant(xp, xp.max(x, axis=axis, keepdims=True))
-    return xp.where(xp.isfinite(m), m, 0.0)
+    return xp.where(m == -xp.inf, 0.0, m)
 
 
 def safe_log(xp: Namespace, x: Array) -> Array:
     """``log(x)`` for ``x >= 0`` (a probability, a sum of exponentials): ``-inf`` at 0, with a
-    zero gradient there and no warning, never NaN."""
-    positive = x > 0
-    return xp.where(positive, xp.log(xp.where(positive, x, 1.0)), -xp.inf)
+    zero gradient there and no warning; NaN stays NaN."""
+    zero = x == 0
+    return xp.where(zero, -xp.inf, xp.log(xp.where(zero, 1.0, x)))
 
 
 def softplus_pair(xp: Namespace, x: Array) -> tuple[Array, Array, Array]:
