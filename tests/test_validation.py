@@ -237,6 +237,16 @@ def _catalogue(to_xp):
             to_xp(LOGITS), to_xp(TARGET), reduction="elementwise_mean"), False),
         ("nll target of class probabilities' shape", lambda: crossent.nll_loss(
             to_xp(LOGITS), to_xp(np.zeros((4, 3), dtype=np.int64))), False),
+        ("a target with a trailing axis", lambda: crossent.cross_entropy(
+            to_xp(LOGITS), to_xp(np.zeros((4, 1), dtype=np.int64))), False),
+        ("a target of another spatial shape", lambda: crossent.cross_entropy(
+            to_xp(np.zeros((2, 3, 5))), to_xp(np.zeros((2, 4), dtype=np.int64)), axis=1), False),
+        ("nll of unbatched input, batched target", lambda: crossent.nll_loss(
+            to_xp(np.zeros(3)), to_xp(np.array([1]))), False),
+        ("class probabilities of another shape", lambda: crossent.cross_entropy(
+            to_xp(LOGITS), to_xp(np.full((4, 2), 0.5))), False),
+        ("class probabilities of unbatched logits", lambda: crossent.cross_entropy(
+            to_xp(np.zeros(3)), to_xp(np.full((1, 3), 0.5))), False),
         ("label smoothing of None", lambda: crossent.cross_entropy(
             to_xp(LOGITS), to_xp(TARGET), label_smoothing=None), False),
         ("label smoothing above 1", lambda: crossent.cross_entropy(

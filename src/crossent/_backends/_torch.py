@@ -176,13 +176,6 @@ def _broadcasts_into(extra: torch.Tensor | None, shape: torch.Size) -> bool:
     return True
 
 
-def _positions(x: torch.Tensor, axis: int) -> torch.Size:
-    """The shape of ``x`` without its class axis: that of a target of class indices."""
-    shape = x.shape
-    axis %= len(shape)
-    return shape[:axis] + shape[axis + 1 :]
-
-
 def _same_dtype(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     dtype = x.dtype
     if dtype is not torch.float32 and dtype is not torch.float64:
@@ -217,9 +210,8 @@ def direct_cross_entropy(
         and 0.0 <= label_smoothing <= 1.0  # torch takes any value
     ):
         return None
-    expected = logits.shape if target.is_floating_point() else _positions(logits, axis)
-    if target.shape != expected:  # torch reads a (1,) target of (C,) logits as ()
-        return None
+    if logits.ndim == 1 and target.ndim != logits.ndim - (not target.is_floating_point()):
+        return None  # torch reads a (1,) target of (C,) logits as (); batched shapes it checks
     try:
         if target.is_floating_point():
             target = _torch_layout(target, axis)
@@ -257,8 +249,8 @@ def direct_nll_loss(
     ):
         return None
     ndim = log_probs.ndim
-    if not -ndim <= axis < ndim or target.shape != _positions(log_probs, axis):
-        return None
+    if not -ndim <= axis < ndim or (ndim == 1 and target.ndim != 0):
+        return None  # torch checks the target's shape against batched input itself
     if ndim > 1 and axis != 1 and axis != 1 - ndim:
         log_probs = log_probs.movedim(axis, 1)
     try:
