@@ -80,20 +80,30 @@ def nll_loss(p: Classes) -> Array:
         # float16 and bfloat16: torch's kernel gathers -x_y exactly (0 where ignored), and its
         # backward scatters without the conversions that make torch's generic scatter slow;
         # weights and sums are then float32, where torch's half kernel would round them.
-        negated = F.nll_loss(
-            _class_first(p.predictions), p.target, ignore_index=p.ignore_index, reduction="none"
-        )
+        negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
         pick = _categorical.picks(p)
         loss = pick.weight * negated.to(torch.float32)
         return p.reduce(Pass(loss, torch.sum(pick.weight)))
-    out = F.nll_loss(
-        _class_first(p.predictions),
-        p.target,
-        weight=p.weight,
-        ignore_index=p.ignore_index,
-        reduction=p.reduction,
-    )
+    out = _nll_class_last(p.predictions, p.target, p.weight, p.ignore_index, p.reduction)
     return p.finish(out)
+
+
+def _nll_class_last(
+    log_probs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+) -> torch.Tensor:
+    """``F.nll_loss`` of log-probabilities whose class axis is last, read as rows of a 2-d
+    view. torch's own layout would need the class axis moved to 1, and the backward of its
+    nll_loss over ``(N, C, d1, ...)`` input fails on such a strided view (torch 2.13: "grad_input
+    must be contiguous"); the rows of a contiguous tensor are a view, not a copy."""
+    if log_probs.ndim <= 2:
+        return F.nll_loss(log_probs, target, weight, None, ignore_index, None, reduction)
+    rows = log_probs.reshape(-1, log_probs.shape[-1])
+    out = F.nll_loss(rows, target.reshape(-1), weight, None, ignore_index, None, reduction)
+    return out.reshape(target.shape) if reduction == "none" else out
 
 
 def binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
@@ -251,10 +261,18 @@ def direct_nll_loss(
     ndim = log_probs.ndim
     if not -ndim <= axis < ndim or (ndim == 1 and target.ndim != 0):
         return None  # torch checks the target's shape against batched input itself
-    if ndim > 1 and axis != 1 and axis != 1 - ndim:
-        log_probs = log_probs.movedim(axis, 1)
     try:
-        return F.nll_loss(log_probs, target, weight, None, ignore_index, None, reduction)
+        if ndim <= 2 or axis == 1 or axis == 1 - ndim:
+            if ndim == 2 and axis != 1 and axis != -1:
+                log_probs = log_probs.movedim(axis, 1)
+            return F.nll_loss(log_probs, target, weight, None, ignore_index, None, reduction)
+        # the class axis elsewhere: last, as rows (see _nll_class_last), whose shape torch
+        # cannot check against the target's
+        if axis != -1 and axis != ndim - 1:
+            log_probs = log_probs.movedim(axis, -1)
+        if target.shape != log_probs.shape[:-1]:
+            return None
+        return _nll_class_last(log_probs, target, weight, ignore_index, reduction)
     except _TORCH_ERRORS:
         return None
 
