@@ -70,4 +70,4 @@ def class_first(x: torch.Tensor, axis: int) -> torch.Tensor:
     """torch wants the class axis at 1 (or 0 for unbatched input)."""
     if x.ndim == 1:
         return x
-    return x.movedim(axis, 1)
+    return x.movedim(axis, 1).contiguous()  # torch 2.13: nll_loss backward needs it
