@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from array_api_compat import is_dask_namespace, is_jax_namespace
+from array_api_compat import is_dask_namespace, is_jax_namespace, is_torch_namespace
 from cases import Case
 from hypothesis import given
 from hypothesis import strategies as st
@@ -117,3 +117,16 @@ def test_random_calls_equal_torch(case, xp, to_xp, assert_close, lazy):
     grad_atol = 1e-10 * float(np.nanmax(np.abs(pred.grad.numpy()), initial=0.0)) + atol
     assert_close(grad, pred.grad, rtol=rtol, atol=grad_atol)
     assert_close(func(*args, **options), expected.detach(), rtol=rtol, atol=atol)
+    if is_torch_namespace(xp) or is_jax_namespace(xp):  # the framework's own autodiff too
+        assert_close(_autodiff(xp, func, args, options), pred.grad, rtol=rtol, atol=grad_atol)
+
+
+def _autodiff(xp, func, args, options):
+    """The gradient of the summed loss with respect to the first argument, by autodiff."""
+    if is_torch_namespace(xp):
+        pred = args[0].detach().clone().requires_grad_(True)
+        func(pred, *args[1:], **options).sum().backward()
+        return pred.grad
+    import jax
+
+    return jax.grad(lambda pred: func(pred, *args[1:], **options).sum())(args[0])
