@@ -160,13 +160,17 @@ def check_eps(value: object) -> float | None:
     return number
 
 
+def broadcasts_to(xshape: Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether an array of shape ``xshape`` broadcasts to ``shape`` without enlarging it."""
+    return len(xshape) <= len(shape) and all(
+        s in (1, t) for s, t in zip(reversed(xshape), reversed(shape), strict=False)
+    )
+
+
 def check_broadcasts_to(name: str, x: Array, shape: tuple[int, ...], against: str) -> None:
     """``x`` must broadcast to ``shape`` without enlarging it."""
     xshape = tuple(x.shape)
-    ok = len(xshape) <= len(shape) and all(
-        s in (1, t) for s, t in zip(reversed(xshape), reversed(shape), strict=False)
-    )
-    if not ok:
+    if not broadcasts_to(xshape, shape):
         raise ValueError(
             f"{name} has shape {shape_str(xshape)}, expected a shape that broadcasts to "
             f"{against} {shape_str(shape)}"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .._generic import _binary, _categorical, _softmax
 from .._generic._problems import Classes, Pass, Pointwise
 from .._typing import Array, Namespace
+from .._validation import broadcasts_to
 
 __all__ = ["DIRECT_CALLS", "KERNELS"]
 
@@ -174,18 +175,6 @@ def _plain(x: torch.Tensor, axis: object, reduction: object, *options: object) -
     return True
 
 
-def _broadcasts_into(extra: torch.Tensor | None, shape: torch.Size) -> bool:
-    """Whether ``extra`` broadcasts to ``shape`` without enlarging it (None does)."""
-    if extra is None:
-        return True
-    if extra.ndim > len(shape):
-        return False
-    for size, full in zip(reversed(extra.shape), reversed(shape), strict=False):
-        if size != 1 and size != full:
-            return False
-    return True
-
-
 def _same_dtype(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     dtype = x.dtype
     if dtype is not torch.float32 and dtype is not torch.float64:
@@ -290,7 +279,7 @@ def direct_binary_cross_entropy(
         _same_dtype(probs, target, weight) and _plain(probs, -1, reduction)
     ):
         return None
-    if not _broadcasts_into(weight, probs.shape):
+    if weight is not None and not broadcasts_to(weight.shape, probs.shape):
         return None
     try:
         return F.binary_cross_entropy(probs, target, weight=weight, reduction=reduction)
@@ -308,8 +297,9 @@ def direct_binary_cross_entropy_with_logits(
 ) -> Array:
     if not (_same_dtype(logits, target, weight, pos_weight) and _plain(logits, -1, reduction)):
         return None
-    if not (_broadcasts_into(weight, logits.shape) and _broadcasts_into(pos_weight, logits.shape)):
-        return None
+    for extra in (weight, pos_weight):
+        if extra is not None and not broadcasts_to(extra.shape, logits.shape):
+            return None
     try:
         return F.binary_cross_entropy_with_logits(
             logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction
