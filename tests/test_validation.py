@@ -247,6 +247,10 @@ def _catalogue(to_xp):
             to_xp(LOGITS), to_xp(np.full((4, 2), 0.5))), False),
         ("class probabilities of unbatched logits", lambda: crossent.cross_entropy(
             to_xp(np.zeros(3)), to_xp(np.full((1, 3), 0.5))), False),
+        ("no classes", lambda: crossent.cross_entropy(
+            to_xp(np.zeros((2, 0))), to_xp(np.zeros((2, 0)))), False),
+        ("no classes, no positions", lambda: crossent.nll_loss(
+            to_xp(np.zeros((0, 0))), to_xp(np.zeros(0, dtype=np.int64))), False),
         ("label smoothing of None", lambda: crossent.cross_entropy(
             to_xp(LOGITS), to_xp(TARGET), label_smoothing=None), False),
         ("label smoothing above 1", lambda: crossent.cross_entropy(

@@ -207,6 +207,7 @@ def direct_cross_entropy(
         and _plain(logits, axis, reduction, ignore_index, label_smoothing)
         and type(ignore_index) is int
         and 0.0 <= label_smoothing <= 1.0  # torch takes any value
+        and logits.shape[axis] > 0  # torch gives NaN for no classes, crossent refuses
     ):
         return None
     if logits.ndim == 1 and target.ndim != logits.ndim - (not target.is_floating_point()):
@@ -250,13 +251,17 @@ def direct_nll_loss(
     ndim = log_probs.ndim
     if not -ndim <= axis < ndim or (ndim == 1 and target.ndim != 0):
         return None  # torch checks the target's shape against batched input itself
+    if log_probs.shape[axis] == 0:
+        return None  # no classes: torch gives NaN, crossent refuses
     try:
-        if ndim <= 2 or axis == 1 or axis == 1 - ndim:
+        if ndim <= 2:
             if ndim == 2 and axis != 1 and axis != -1:
                 log_probs = log_probs.movedim(axis, 1)
             return F.nll_loss(log_probs, target, weight, None, ignore_index, None, reduction)
-        # the class axis elsewhere: last, as rows (see _nll_class_last), whose shape torch
-        # cannot check against the target's
+        if (axis == 1 or axis == 1 - ndim) and log_probs.is_contiguous():
+            return F.nll_loss(log_probs, target, weight, None, ignore_index, None, reduction)
+        # the class axis elsewhere, or a strided view: class-last rows (see _nll_class_last),
+        # whose shape torch cannot check against the target's
         if axis != -1 and axis != ndim - 1:
             log_probs = log_probs.movedim(axis, -1)
         if target.shape != log_probs.shape[:-1]:

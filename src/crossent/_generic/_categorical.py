@@ -228,11 +228,11 @@ def nll_loss_pass(p: Classes, *, gradient: bool) -> Pass:
     picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
     loss = -pick.weight * picked
     loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
-    grad = None
+    grad = target = None
     if gradient:
-        grad = xp.where(is_target_class(p, pick), -pick.weight[..., None], 0.0)
-        grad = mark_bad(xp, grad, pick.bad_rows())
-    return Pass(loss, xp.sum(pick.weight), grad, pick.kept)
+        target = is_target_class(p, pick)
+        grad = mark_bad(xp, xp.where(target, -pick.weight[..., None], 0.0), pick.bad_rows())
+    return Pass(loss, xp.sum(pick.weight), grad, pick.kept, target)
 
 
 def nll_loss(p: Classes) -> Array:
@@ -271,10 +271,10 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
     if not gradient:
         return Pass(loss, xp.sum(pick.weight))
     at_target = xp.where(pick.kept & inside, -pick.weight / clipped, 0.0)
-    grad = xp.where(is_target_class(p, pick), at_target[..., None], 0.0)
-    grad = mark_bad(xp, grad, pick.bad_rows())
+    target = is_target_class(p, pick)
+    grad = mark_bad(xp, xp.where(target, at_target[..., None], 0.0), pick.bad_rows())
     outside_rows = None if outside is None else outside[..., None]
-    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, outside_rows), pick.kept)
+    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, outside_rows), pick.kept, target)
 
 
 def _log_where(xp: Namespace, probs: Array, used: Array) -> Array:

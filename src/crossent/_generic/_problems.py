@@ -46,6 +46,9 @@ class Pass:
     #: The positions that count toward ``"mean"`` (class indices: not ``ignore_index``), or
     #: None for all. The others keep a gradient of exactly 0, even where none counts.
     kept: Array | None = None
+    #: Where the gradient can be nonzero (the target class, for a loss that reads only that
+    #: entry), or None for everywhere: elsewhere it stays 0 even where the mean is NaN.
+    support: Array | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class Problem:
                 empty = result.denominator == 0
                 inverse = xp.where(empty, xp.nan, 1.0 / xp.where(empty, 1.0, result.denominator))
                 grad = grad * xp.where(result.kept, inverse, 0.0)[..., None]
+        if result.support is not None:
+            grad = self.xp.where(result.support, grad, 0.0)
         return self.finish(self.to_caller_layout(grad))
 
     def value_and_grad(self, result: Pass) -> tuple[Array, Array]:

@@ -61,7 +61,13 @@ def clip_probs(xp: Namespace, probs: Array, eps: float) -> tuple[Array, Array]:
 
 
 def mark_bad(xp: Namespace, x: Array, bad: Array | None) -> Array:
-    """NaN where the input was invalid but could not be checked (lazy arrays)."""
+    """NaN where the input was invalid but could not be checked (lazy arrays).
+
+    A product with a mask of NaN and 1, not a ``where``, so that autodiff's gradient is NaN
+    there too, as the analytic gradient is, and exactly the same elsewhere.
+    """
     if bad is None:
         return x
-    return xp.where(bad, xp.nan, x)
+    nan = xp.asarray(xp.nan, dtype=x.dtype, device=device(x))
+    one = xp.asarray(1.0, dtype=x.dtype, device=device(x))
+    return x * xp.where(bad, nan, one)
