@@ -3,7 +3,8 @@
 ``nox`` runs every CPU session and ``lint``; ``nox -l`` lists them all;
 ``nox -s "tests(backend='jax', device='cpu')"`` runs one. A session whose device this machine
 lacks (no CUDA GPU) skips with a message saying so. ``nox -s docs`` builds the site and
-``nox -s bench`` runs the benchmarks; neither is part of the default run.
+``nox -s bench`` runs the benchmarks; neither is part of the default run. ``nox -s slow`` runs
+the tests marked slow, in sessions of their own; CI runs it after ``nox``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,27 @@ def tests(session: nox.Session, backend: str, device: str) -> None:
         args += ["--ignore=src/crossent/_backends/_torch.py"]
         args += ["--ignore=src/crossent/_backends/_jax.py"]
     session.run("python", "-m", "pytest", *args, env=env)
+
+
+SLOW = [s for s in MATRIX if s.slow_tests]
+
+
+@nox.session
+@nox.parametrize(
+    ("backend", "device"),
+    [(s.backend, s.device) for s in SLOW],
+    ids=[f"backend='{s.backend}', device='{s.device}'" for s in SLOW],
+)
+def slow(session: nox.Session, backend: str, device: str) -> None:
+    """The tests marked slow (whole option grids, compilers) of one backend and device: those
+    whose file says ``slow_tests = true``. CI runs them all (``nox -s slow``)."""
+    spec = matrix.session(backend, device)
+    why = _missing_device(device)
+    if why is not None:
+        session.skip(f"not run: {backend} on {device} needs a {device} device here ({why})")
+    session.install("-e", ".[test]", *spec.requirements)
+    env = {**spec.env, matrix.BACKEND_VARIABLE: backend, matrix.DEVICE_VARIABLE: device}
+    session.run("python", "-m", "pytest", "-m", "slow", *session.posargs, env=env)
 
 
 @nox.session

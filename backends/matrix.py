@@ -34,6 +34,8 @@ class Session:
     env: dict[str, str]
     test_devices: tuple[str, ...]
     available: str | None
+    #: Whether the backend has tests marked slow, which ``nox -s slow`` runs.
+    slow_tests: bool = False
 
 
 def _read(path: Path) -> list[Session]:
@@ -50,6 +52,7 @@ def _read(path: Path) -> list[Session]:
                 env={**spec.get("env", {}), **device.get("env", {})},
                 test_devices=tuple(device["test_devices"]),
                 available=device.get("available"),
+                slow_tests=bool(spec.get("slow_tests", False)),
             )
         )
     return out

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from array_api_compat import is_jax_namespace, is_numpy_namespace, is_torch_namespace
 
+from ._generic._arrays import torch_compiling
 from ._typing import Namespace
 
 __all__ = [
@@ -57,21 +58,33 @@ def generic_only() -> Iterator[None]:
     >>> with generic_only():
     ...     out = log_softmax(np.zeros(2))
     """
-    token = _FAST_PATHS.set(False)
+    token = _FAST_PATHS.set(False)  # read by _fast_paths
     try:
         yield
     finally:
         _FAST_PATHS.reset(token)
 
 
-_TABLES: dict[Namespace, Kernels] = {}
+def _fast_paths() -> bool:
+    """Whether the kernels may run: outside :func:`generic_only`, and always in code that
+    ``torch.compile`` traces (its compiled graphs do not read the switch, which Dynamo cannot
+    trace)."""
+    return torch_compiling() or _FAST_PATHS.get()
+
+
+#: Kernel tables by namespace name: torch.compile can compare strings, not modules.
+_TABLES: dict[str, Kernels] = {}
 
 
 def kernels(xp: Namespace) -> Kernels:
     """The kernels registered for the backend of namespace ``xp`` (empty for none)."""
-    table = _TABLES.get(xp)
+    if torch_compiling():
+        # Not the cache: a compiled graph would guard on its contents, and be compiled again
+        # once an eager call of another backend fills it.
+        return _load_kernels(xp)
+    table = _TABLES.get(xp.__name__)
     if table is None:
-        table = _TABLES[xp] = _load_kernels(xp)
+        table = _TABLES[xp.__name__] = _load_kernels(xp)
     return table
 
 
@@ -94,7 +107,7 @@ def _load_kernels(xp: Namespace) -> Kernels:
 def dispatch(xp: Namespace, generic: Callable[..., Any], /, *args: Any) -> Any:
     """``generic(*args)``, computed by the kernel registered for ``generic`` in ``xp``'s
     backend where there is one and it covers the case."""
-    if _FAST_PATHS.get():
+    if _fast_paths():
         kernel = kernels(xp).get(generic)
         if kernel is not None:
             out = kernel(*args)
@@ -128,22 +141,22 @@ def entry(generic: Callable[..., Any]) -> Callable[[F], F]:
     """
 
     def decorate(func: F) -> F:
-        direct: list[Callable[..., Any] | None] = []  # torch's direct call, looked up once
-
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if args and _is_cpu_torch_tensor(args[0]) and _FAST_PATHS.get():
-                if not direct:
-                    from ._backends import _torch
-
-                    direct.append(_torch.DIRECT_CALLS.get(generic))
-                if direct[0] is not None:
-                    try:
-                        out = direct[0](*args, **kwargs)
-                    except TypeError:  # arguments the public function refuses, with its name
-                        out = None
-                    if out is not None:
-                        return out
+            if args and _is_torch_tensor(args[0]):
+                compiling = torch_compiling()
+                calls = _torch_direct_calls(compiling)  # loads the torch kernels, first
+                if args[0].is_cpu and (compiling or _FAST_PATHS.get()):
+                    direct = calls.get(generic)
+                    if direct is not None:
+                        try:
+                            out = direct(*args, **kwargs)
+                        except TypeError:  # arguments the public function refuses
+                            out = None
+                        if out is not None:
+                            return out
+                # no NumPy runs here, and torch.compile cannot trace np.errstate
+                return func(*args, **kwargs)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
                 return func(*args, **kwargs)
 
@@ -152,7 +165,24 @@ def entry(generic: Callable[..., Any]) -> Callable[[F], F]:
     return decorate
 
 
-def _is_cpu_torch_tensor(x: object) -> bool:
+_DIRECT_CALLS: list[Kernels] = []  # torch's, once an eager torch tensor has come
+
+
+def _torch_direct_calls(compiling: bool) -> Kernels:
+    if compiling:
+        # Not the cache: a compiled graph would guard on it, and be compiled again once an
+        # eager call fills it. The import costs only the trace.
+        from ._backends import _torch
+
+        return _torch.DIRECT_CALLS
+    if not _DIRECT_CALLS:
+        from ._backends import _torch
+
+        _DIRECT_CALLS.append(_torch.DIRECT_CALLS)
+    return _DIRECT_CALLS[0]
+
+
+def _is_torch_tensor(x: object) -> bool:
     # Never imports torch: a torch tensor can only exist once torch is in sys.modules.
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor) and x.is_cpu
+    return torch is not None and isinstance(x, torch.Tensor)

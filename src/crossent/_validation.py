@@ -9,7 +9,6 @@ Checks of array *values* (class indices, probabilities) run only on eager arrays
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -202,7 +201,12 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def num_elements(shape: Sequence[Any]) -> int:
-    return math.prod(int(s) for s in shape)
+    # a loop, not math.prod of a generator: torch.compile traces it, and keeps a symbolic
+    # size symbolic (int() would specialise it)
+    count = 1
+    for size in shape:
+        count = count * size
+    return count
 
 
 # --- Checks of values: eager arrays only ---------------------------------------------------

@@ -24,6 +24,30 @@ from .._validation import broadcasts_to
 __all__ = ["DIRECT_CALLS", "KERNELS"]
 
 
+def _let_dynamo_trace_array_api_compat() -> None:
+    """Tell torch.compile that ``array_api_compat``'s cached helpers may be traced.
+
+    They answer questions about types and namespaces (``is_torch_namespace`` and the like),
+    with ``functools.lru_cache``: pure functions, which Dynamo traces correctly, but at each of
+    their call sites it would warn that it ignores the cache. torch lets a library vouch for
+    such functions (it does so for einops) through a private function: without it the
+    warnings show, and nothing else changes. This module is loaded with the first tensor,
+    before crossent calls any of them on it (``crossent._dispatch.entry``).
+    """
+    from array_api_compat.common import _helpers
+
+    try:
+        from torch._dynamo.utils import allow_lru_cache_wrapper_trace_without_warning as allow
+    except ImportError:  # pragma: no cover (a torch without it)
+        return
+    for value in vars(_helpers).values():
+        if hasattr(value, "cache_info"):
+            allow(value)
+
+
+_let_dynamo_trace_array_api_compat()
+
+
 def _class_first(x: torch.Tensor) -> torch.Tensor:
     """torch's layout: classes at dimension 1, or 0 for one unbatched example."""
     return x if x.ndim < 2 else x.movedim(-1, 1)
@@ -48,10 +72,113 @@ def log_sigmoid(xp: Namespace, x: torch.Tensor) -> Array:
     return F.logsigmoid(x)
 
 
+#: Elements per block of half-precision logits read as float32: 1 MiB, which a core's cache
+#: holds (measured best of 128 KiB to 4 MiB, benchmarks/README.md).
+BLOCK_ELEMENTS = 2**18
+
+
+def _half_block_losses(
+    rows: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    smoothing: float,
+) -> torch.Tensor:
+    """torch's cross-entropy of each row of a block of half-precision logits, in float32: the
+    block is converted (by log_softmax, in one pass) while it is in the cache."""
+    log_probs = torch.log_softmax(rows, dim=1, dtype=torch.float32)
+    if smoothing == 0.0:
+        return F.nll_loss(log_probs, target, weight, None, ignore_index, None, "none")
+    # cross_entropy of log-probabilities is the same loss (their log normaliser is 0)
+    return F.cross_entropy(
+        log_probs, target, weight, None, ignore_index, None, "none", label_smoothing=smoothing
+    )
+
+
+class _BlockedHalfCrossEntropy(torch.autograd.Function):
+    """The float32 cross-entropy of each row of half-precision logits ``(N, C)``, block by
+    block: no float32 copy of the logits is ever whole. The backward pass recomputes each block
+    with torch's own forward and backward in float32 and rounds the gradient once, into the
+    logits' dtype."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        rows: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        ignore_index: int,
+        smoothing: float,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(rows, target, weight)
+        ctx.options = (ignore_index, smoothing)
+        step = max(1, BLOCK_ELEMENTS // rows.shape[1])
+        with torch.no_grad():
+            losses = [
+                _half_block_losses(
+                    rows[i : i + step], target[i : i + step], weight, ignore_index, smoothing
+                )
+                for i in range(0, rows.shape[0], step)
+            ]
+        return torch.cat(losses) if losses else rows.new_zeros((0,), dtype=torch.float32)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, target, weight = ctx.saved_tensors
+        ignore_index, smoothing = ctx.options
+        num_classes = rows.shape[1]
+        # torch's gradient of the loss of row n, written out (as crossent.value_and_grad's):
+        # g_n [s_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n) - (eps / C) w], with
+        # s_n = (1 - eps) w_{y_n} + (eps / C) sum(w), and 0 where y_n is ignored
+        kept = target != ignore_index
+        index = torch.where(kept, target, 0)
+        picked = torch.ones_like(upstream) if weight is None else weight[index]
+        scale = torch.where(kept, upstream, 0.0)
+        at_target = scale * ((1.0 - smoothing) * picked)
+        total = num_classes if weight is None else torch.sum(weight)
+        spread = scale * (smoothing / num_classes)
+        softmax_scale = at_target + spread * total
+        grad = torch.empty_like(rows)  # ours to write into
+        step = max(1, BLOCK_ELEMENTS // num_classes)
+        for i in range(0, rows.shape[0], step):
+            j = i + step
+            block = torch.softmax(rows[i:j], dim=1, dtype=torch.float32)
+            block.mul_(softmax_scale[i:j, None])
+            block.scatter_add_(1, index[i:j, None], -at_target[i:j, None])
+            if smoothing != 0.0:
+                block.sub_(spread[i:j, None] * (1.0 if weight is None else weight))
+            grad[i:j] = block
+        return grad, None, None, None, None
+
+
+def _blocked_half_cross_entropy(p: Classes, smoothing: float) -> Array | None:
+    """Index targets of eager half-precision logits whose class axis is last and contiguous:
+    :class:`_BlockedHalfCrossEntropy`, reduced in float32. (torch.compile fuses the conversion
+    into the kernels by itself, and takes the route below.)"""
+    logits = p.predictions
+    if not p.index_target or torch.compiler.is_compiling() or not logits.is_contiguous():
+        return None
+    rows = logits.reshape(-1, logits.shape[-1])
+    losses = _BlockedHalfCrossEntropy.apply(
+        rows, p.target.reshape(-1), p.weight, p.ignore_index, smoothing
+    ).reshape(p.target.shape)
+    if p.reduction != "mean":
+        return p.reduce(Pass(losses))
+    kept = p.target != p.ignore_index
+    if p.weight is None:
+        return p.reduce(Pass(losses, torch.sum(kept, dtype=torch.float32)))
+    picked = p.weight[torch.where(kept, p.target, 0)]
+    return p.reduce(Pass(losses, torch.sum(torch.where(kept, picked, 0.0))))
+
+
 def cross_entropy(p: Classes, smoothing: float) -> Array:
     target = p.target if p.index_target else _class_first(p.target)
     logits = _class_first(p.predictions)
     if logits.dtype not in _FLOATS:
+        blocked = _blocked_half_cross_entropy(p, smoothing)
+        if blocked is not None:
+            return blocked
         # float16 and bfloat16: torch's log_softmax reads them and computes and writes float32
         # in one pass, where converting first would take two. cross_entropy of log-probabilities
         # is the same loss (their log normaliser is 0).

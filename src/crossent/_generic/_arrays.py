@@ -6,17 +6,30 @@ the array's type, and JAX is imported only to look at a JAX array.
 
 from __future__ import annotations
 
+import sys
+
 from array_api_compat import (
     is_jax_array,
     is_jax_namespace,
     is_lazy_array,
     is_numpy_namespace,
+    is_torch_array,
     is_torch_namespace,
 )
 
 from .._typing import Array, Namespace
 
-__all__ = ["as_array", "constant", "is_eager"]
+__all__ = ["as_array", "constant", "is_eager", "take_along_last", "torch_compiling"]
+
+
+def torch_compiling() -> bool:
+    """Whether ``torch.compile`` (or ``torch.export``) is tracing the running code.
+
+    Its tensors then have no values to read: they are as lazy as JAX's under ``jit``.
+    Never imports torch.
+    """
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
 
 
 def is_eager(*arrays: Array) -> bool:
@@ -27,7 +40,13 @@ def is_eager(*arrays: Array) -> bool:
     NumPy's, so that a wrong class index raises instead of giving NaN.
     """
     for x in arrays:
-        if x is None or not is_lazy_array(x):
+        if x is None:
+            continue
+        if is_torch_array(x):
+            if torch_compiling():
+                return False
+            continue
+        if not is_lazy_array(x):
             continue
         if is_jax_array(x):
             import jax
@@ -58,3 +77,15 @@ def as_array(xp: Namespace, x: Array) -> Array:
     if is_numpy_namespace(xp):
         return xp.asarray(x)
     return x
+
+
+def take_along_last(xp: Namespace, x: Array, index: Array) -> Array:
+    """``take_along_axis(x, index, axis=-1)`` for non-negative ``index``.
+
+    torch's ``gather`` for tensors: under ``torch.compile(dynamic=True)``, ``take_along_dim``
+    (which ``array_api_compat`` calls) fixes the sizes of its inputs, and every new batch size
+    compiles again; ``gather`` keeps them symbolic.
+    """
+    if is_torch_namespace(xp):
+        return x.gather(-1, index)
+    return xp.take_along_axis(x, index, axis=-1)

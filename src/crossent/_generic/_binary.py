@@ -8,7 +8,7 @@ from collections.abc import Callable
 from .._typing import Array, Namespace
 from .._validation import outside_unit_interval
 from ._problems import Pass, Pointwise
-from ._stable import clip_probs, mark_bad, softplus_pair
+from ._stable import at_least, clip_probs, mark_bad, softplus_pair
 
 __all__ = [
     "GRADIENT_FLOOR",
@@ -52,8 +52,8 @@ def floored_logs(xp: Namespace, probs: Array) -> tuple[Array, Array]:
     log_p = xp.log(xp.where(zero, 1.0, valid))
     log_not_p = xp.log1p(-xp.where(one, 0.0, valid))
     return (
-        xp.where(zero, LOG_FLOOR, xp.maximum(log_p, LOG_FLOOR)),
-        xp.where(one, LOG_FLOOR, xp.maximum(log_not_p, LOG_FLOOR)),
+        xp.where(zero, LOG_FLOOR, at_least(xp, log_p, LOG_FLOOR)),
+        xp.where(one, LOG_FLOOR, at_least(xp, log_not_p, LOG_FLOOR)),
     )
 
 
@@ -71,7 +71,7 @@ def binary_cross_entropy_terms(xp: Namespace, probs: Array, target: Array) -> Ar
 def binary_cross_entropy_slope(xp: Namespace, probs: Array, target: Array) -> Array:
     """The derivative of the elementwise loss in ``probs`` as torch's backward computes it:
     ``(p - t) / max(p (1 - p), 1e-12)``, finite at ``p`` of exactly 0 and 1."""
-    return (probs - target) / xp.maximum(probs * (1.0 - probs), GRADIENT_FLOOR)
+    return (probs - target) / at_least(xp, probs * (1.0 - probs), GRADIENT_FLOOR)
 
 
 #: How the elementwise loss is computed from ``(xp, probs, target)``; JAX's kernel gives one

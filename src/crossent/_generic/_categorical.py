@@ -15,6 +15,7 @@ from array_api_compat import device
 
 from .._typing import Array, Namespace
 from .._validation import outside_unit_interval
+from ._arrays import take_along_last
 from ._problems import Classes, Pass
 from ._stable import clip_probs, mark_bad, safe_log, stable_max
 
@@ -79,7 +80,7 @@ def picks(p: Classes) -> Picks:
 def take_class(xp: Namespace, x: Array, index: Array) -> Array:
     """``x[..., index[...]]``: the entry of each position's class, class axis last."""
     if hasattr(xp, "take_along_axis"):
-        return xp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+        return take_along_last(xp, x, index[..., None])[..., 0]
     # Dask has no take_along_axis: select by comparing with the class numbers, chunk by chunk.
     classes = xp.arange(x.shape[-1], dtype=index.dtype, device=device(x))
     return xp.sum(xp.where(index[..., None] == classes, x, 0.0), axis=-1)
@@ -174,8 +175,9 @@ def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
     term is a comparison, never a matrix.
     """
     xp = p.xp
-    shift = stable_max(xp, p.scores, -1)
-    shifted = p.scores - shift
+    scores = p.scores()
+    shift = stable_max(xp, scores, -1)
+    shifted = scores - shift
     exp_shifted = xp.exp(shifted)
     total = xp.sum(exp_shifted, axis=-1)
     log_norm = safe_log(xp, total)
@@ -196,7 +198,7 @@ def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
         shifted_sum = xp.sum(shifted * terms.class_weights, axis=-1)
     # x_y - m, gathered from the logits rather than from x - m: the same subtraction, but XLA
     # then need not write x - m to memory for the gather (three times faster under jax.jit).
-    picked = take_class(xp, p.scores, pick.index) - shift[..., 0]
+    picked = take_class(xp, scores, pick.index) - shift[..., 0]
     loss = terms.loss(p, log_norm, picked, shifted_sum)
     if not gradient:
         return Pass(loss, terms.weight_sum(p))
@@ -253,7 +255,7 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
     outside = None if p.eager else outside_unit_interval(xp, p.predictions, -1)
     if not p.index_target:
         target = p.target if p.weight is None else p.target * p.weight
-        clipped, inside = clip_probs(xp, p.scores, eps)
+        clipped, inside = clip_probs(xp, p.scores(), eps)
         absent = target == 0
         terms = xp.where(absent, 0.0, target * _log_where(xp, clipped, ~absent))
         loss = mark_bad(xp, -xp.sum(terms, axis=-1), outside)

@@ -8,7 +8,6 @@ the same way (:meth:`Problem.reduce`).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from array_api_compat import device
@@ -135,7 +134,7 @@ class Classes(Problem):
     """One call of a categorical loss, checked, with the class axis last."""
 
     #: The predictions (logits, log-probabilities or probabilities), class axis last, in the
-    #: caller's dtype. ``scores`` has them in the compute dtype.
+    #: caller's dtype. ``scores()`` gives them in the compute dtype.
     predictions: Array
     #: Class indices, shape ``predictions.shape[:-1]``, in the default integer dtype; or class
     #: probabilities, shape ``predictions.shape``, class axis last, in the compute dtype.
@@ -150,10 +149,10 @@ class Classes(Problem):
     def index_target(self) -> bool:
         return bool(self.xp.isdtype(self.target.dtype, "integral"))
 
-    @functools.cached_property
     def scores(self) -> Array:
-        """The predictions in the compute dtype (float32 for float16 and bfloat16), made on
-        first use: a path that reads only the target's entries converts only those."""
+        """The predictions in the compute dtype (float32 for float16 and bfloat16): a copy for
+        those, made on each call, so that a path that reads only the target's entries converts
+        only those. (Not a cached property: torch.compile cannot trace its lock.)"""
         return self.xp.astype(self.predictions, self.compute_dtype, copy=False)
 
     @property

@@ -7,7 +7,14 @@ from array_api_compat import device
 from .._typing import Array, Namespace
 from ._arrays import constant
 
-__all__ = ["clip_probs", "mark_bad", "safe_log", "softplus_pair", "stable_max"]
+__all__ = ["at_least", "clip_probs", "mark_bad", "safe_log", "softplus_pair", "stable_max"]
+
+
+def at_least(xp: Namespace, x: Array, floor: float) -> Array:
+    """``maximum(x, floor)``, NaN for NaN. The floor is made an array of ``x``'s dtype first:
+    array_api_compat's torch ``maximum`` asks ``torch.result_type`` of a Python number, which
+    torch.compile cannot trace."""
+    return xp.maximum(x, xp.asarray(floor, dtype=x.dtype, device=device(x)))
 
 
 def stable_max(xp: Namespace, x: Array, axis: int | tuple[int, ...]) -> Array:
