@@ -23,7 +23,7 @@ from conftest import to_numpy
 import crossent
 from crossent import _dispatch
 from crossent._dispatch import PUBLIC_FUNCTIONS, generic_only, kernels
-from crossent._generic import _binary, _categorical, _softmax
+from crossent._generic import _binary, _categorical, _divergence, _softmax
 from crossent._gradients import ANALYTIC
 
 #: float16 is computed in float32 on both paths: they may round apart by one unit
@@ -123,7 +123,14 @@ EXPECTED_KERNELS = {
         _binary.binary_cross_entropy,
         _binary.binary_cross_entropy_with_logits,
     },
-    "jax": {_binary.binary_cross_entropy},
+    "jax": {
+        _categorical.cross_entropy,
+        _categorical.nll_loss,
+        _categorical.cross_entropy_from_probs,
+        _binary.binary_cross_entropy,
+        _binary.binary_cross_entropy_with_logits,
+        _divergence.kl_div,
+    },
 }
 
 
