@@ -119,48 +119,96 @@ def _row_max(block: np.ndarray) -> np.ndarray:
     return column_max
 
 
-def _rows_of(p: Classes) -> np.ndarray | None:
-    """The logits as a C-contiguous ``(positions, C)`` view; None where the kernel does not
-    apply (class probabilities, a class axis that is not contiguous): the generic path runs."""
-    predictions = p.predictions
-    if not (p.index_target and predictions.flags.c_contiguous and predictions.size > 0):
-        return None
-    rows: np.ndarray = predictions.reshape(-1, p.num_classes)
-    return rows
+class _Rows:
+    """The logits (and class-probability target) of a problem as ``(positions, C)`` rows,
+    read in blocks: a C-contiguous class-last array is a view; a class axis elsewhere in a
+    C-contiguous caller array, ``(A, C, B)`` (``axis=1`` of ``(N, C, d1, ...)``), gives for
+    each ``a`` the rows ``x[a, :, b0:b1].T``, which a block copies into its buffer."""
+
+    def __init__(self, p: Classes, x: np.ndarray) -> None:
+        self.classes = p.num_classes
+        caller = np.moveaxis(x, -1, p.axis)  # the caller's array, a view
+        self.strided = not x.flags.c_contiguous
+        self.array: np.ndarray
+        if self.strided:
+            assert caller.flags.c_contiguous
+            before = math.prod(caller.shape[: p.axis])
+            self.span = math.prod(caller.shape[p.axis + 1 :])  # positions per a
+            self.array = caller.reshape(before, self.classes, self.span)
+        else:
+            self.span = x.size // self.classes if x.size else 1
+            self.array = x.reshape(-1, self.classes)
+
+    @staticmethod
+    def applies(p: Classes, x: np.ndarray) -> bool:
+        return x.size > 0 and (
+            x.flags.c_contiguous or np.moveaxis(x, -1, p.axis).flags.c_contiguous
+        )
+
+    def stop(self, lo: int, hi: int) -> int:
+        """The end of a block from ``lo`` that stays within one ``a`` of a strided layout."""
+        return min(hi, (lo // self.span + 1) * self.span) if self.strided else hi
+
+    def block(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` (within one ``a``): a view, strided where the layout is."""
+        if not self.strided:
+            return self.array[lo:hi]
+        a, b = divmod(lo, self.span)
+        rows: np.ndarray = self.array[a, :, b : b + hi - lo].T
+        return rows
+
+
+def _applies(p: Classes) -> bool:
+    """Whether the kernel reads this problem: otherwise (a class axis that is neither last nor
+    in a C-contiguous array, an empty one) the generic path runs."""
+    if not _Rows.applies(p, p.predictions):
+        return False
+    return p.index_target or _Rows.applies(p, p.target)
 
 
 def _statistics(
     p: Classes,
-    logits: np.ndarray,
-    terms: IndexTerms,
+    terms: IndexTerms | None,
+    smoothing: float,
     gradient: np.ndarray | None = None,
     scale: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Read the rows once, block by block: the log normaliser, the shifted target logit and,
-    with smoothing, the weighted sum of shifted logits of every position.
+) -> tuple[Any, ...]:
+    """Read the rows once, block by block.
 
-    With ``gradient`` (an array of the rows' shape), each block's exponentials are turned into
-    its gradient there, instead of in a scratch buffer: times ``scale`` at kept positions, 0 at
-    ignored ones (None: the gradient of the sum).
+    Class indices (``terms``): the log normaliser, the shifted target logit and, with
+    smoothing, the weighted sum of shifted logits of every position. Class probabilities
+    (``terms`` None): the log normaliser, the target's weighted mass and its weighted sum of
+    shifted logits, the target smoothed and weighted as the generic path does.
+
+    With ``gradient`` (a C-contiguous array of the class-last shape), each block's
+    exponentials are turned into its gradient there, instead of in a scratch buffer: times
+    ``scale`` at kept positions, 0 at ignored ones (None: the gradient of the sum).
     """
-    rows, classes = logits.shape
+    logits = _Rows(p, p.predictions)
+    targets = None if terms is not None else _Rows(p, p.target)
+    rows, classes = p.num_positions, p.num_classes
     dtype = np.dtype(p.compute_dtype)
-    convert = logits.dtype != dtype  # float16: each block is converted as it is read
-    index = np.asarray(terms.pick.index).reshape(-1)
+    convert = logits.array.dtype != dtype  # float16: each block is converted as it is read
+    copy = convert or logits.strided
     log_norm = np.empty(rows, dtype=dtype)
-    picked = np.empty(rows, dtype=dtype)
-    smoothing = terms.smoothing
-    shifted_sum = np.empty(rows, dtype=dtype) if smoothing > 0.0 else None
+    picked = np.empty(rows, dtype=dtype)  # the target logit, or the target's sum of them
+    mass = np.empty(rows, dtype=dtype) if terms is None else None
+    shifted_sum = np.empty(rows, dtype=dtype) if terms is not None and smoothing > 0 else None
     class_weights = None if p.weight is None else np.asarray(p.weight)
     block_rows = max(1, BLOCK_ELEMENTS // classes)
+    grad_rows = None if gradient is None else gradient.reshape(-1, classes)
+    index = None if terms is None else np.asarray(terms.pick.index).reshape(-1)
 
     if gradient is not None:
-        kept = np.asarray(terms.pick.kept).reshape(-1)
-        row_scale = kept.astype(dtype) if scale is None else np.where(kept, scale, 0.0)
-        softmax_scale = row_scale * np.asarray(terms.softmax_coefficient(p)).reshape(-1)
-        target_term = row_scale * np.asarray(terms.target_term()).reshape(-1)
-        # (eps / C) w_c, taken from every class of a kept position
-        spread = (smoothing / classes) * (1.0 if class_weights is None else class_weights)
+        if terms is not None:
+            kept = np.asarray(terms.pick.kept).reshape(-1)
+            row_scale = kept.astype(dtype) if scale is None else np.where(kept, scale, 0.0)
+            softmax_scale = row_scale * np.asarray(terms.softmax_coefficient(p)).reshape(-1)
+            target_term = row_scale * np.asarray(terms.target_term()).reshape(-1)
+            # (eps / C) w_c, taken from every class of a kept position
+            spread = (smoothing / classes) * (1.0 if class_weights is None else class_weights)
+        else:
+            row_scale = np.full(rows, 1.0 if scale is None else scale, dtype=dtype)
 
     # Row sums as a product with a vector of ones: BLAS's gemv is three times faster than
     # np.sum along a short axis, and as exact for these sums of positive terms.
@@ -168,32 +216,52 @@ def _statistics(
     class_weights = ones if class_weights is None else class_weights.astype(dtype)
 
     def work(start: int, stop: int) -> None:
-        scratch = None if gradient is not None else _buffer(block_rows, classes, dtype)
-        for lo in range(start, stop, block_rows):
-            hi = min(lo + block_rows, stop)
-            block = logits[lo:hi]
-            out = scratch[: hi - lo] if gradient is None else gradient[lo:hi]  # type: ignore[index]
-            if convert:
+        scratch = _buffer(2 * block_rows if terms is None else block_rows, classes, dtype)
+        lo = start
+        while lo < stop:
+            hi = logits.stop(lo, min(lo + block_rows, stop))
+            if targets is not None:
+                hi = targets.stop(lo, hi)
+            block = logits.block(lo, hi)
+            out = scratch[: hi - lo] if grad_rows is None else grad_rows[lo:hi]
+            if copy:
                 out[...] = block
                 block = out
             shift = _row_max(block)
             shift[shift == -np.inf] = 0.0  # a row of all -inf: exp gives 0, not NaN
             np.subtract(block, shift[:, None], out=out)
             local = np.arange(hi - lo)
-            picked[lo:hi] = out[local, index[lo:hi]]
-            if shifted_sum is not None:
-                np.matmul(out, class_weights, out=shifted_sum[lo:hi])
+            if targets is not None:  # class probabilities, smoothed and weighted
+                weighted = scratch[block_rows : block_rows + hi - lo]
+                weighted[...] = targets.block(lo, hi)
+                if smoothing > 0.0:
+                    weighted *= 1.0 - smoothing
+                    weighted += smoothing / classes
+                if p.weight is not None:
+                    weighted *= class_weights
+                mass[lo:hi] = weighted @ ones  # type: ignore[index]
+                picked[lo:hi] = np.einsum("ij,ij->i", weighted, out)
+            else:
+                picked[lo:hi] = out[local, index[lo:hi]]  # type: ignore[index]
+                if shifted_sum is not None:
+                    np.matmul(out, class_weights, out=shifted_sum[lo:hi])
             np.exp(out, out=out)
             total = out @ ones
             log_norm[lo:hi] = np.log(total)
-            if gradient is not None:
+            if gradient is not None and targets is not None:
+                out *= (row_scale[lo:hi] * mass[lo:hi] / total)[:, None]  # type: ignore[index]
+                out -= row_scale[lo:hi, None] * weighted
+            elif gradient is not None:
                 out *= (softmax_scale[lo:hi] / total)[:, None]
                 if smoothing > 0.0:
                     out -= row_scale[lo:hi, None] * spread
-                out[local, index[lo:hi]] -= target_term[lo:hi]
+                out[local, index[lo:hi]] -= target_term[lo:hi]  # type: ignore[index]
+            lo = hi
 
     _run_blocks(rows, classes, work)
     shape = p.predictions.shape[:-1]
+    if terms is None:
+        return log_norm.reshape(shape), mass.reshape(shape), picked.reshape(shape)  # type: ignore[union-attr]
     return (
         log_norm.reshape(shape),
         picked.reshape(shape),
@@ -201,30 +269,35 @@ def _statistics(
     )
 
 
+def _loss(p: Classes, smoothing: float, statistics: tuple[np.ndarray, ...], terms: Any) -> Any:
+    if terms is not None:
+        return terms.loss(p, *statistics)
+    log_norm, mass, target_sum = statistics
+    return log_norm * mass - target_sum  # the generic path's loss of class probabilities
+
+
 def cross_entropy(p: Classes, smoothing: float) -> Any:
-    logits = _rows_of(p)
-    if logits is None:
+    if not _applies(p):
         return None
-    terms = IndexTerms.of(p, smoothing)
-    loss = terms.loss(p, *_statistics(p, logits, terms))
-    return p.reduce(Pass(loss, terms.weight_sum(p)))
+    terms = IndexTerms.of(p, smoothing) if p.index_target else None
+    loss = _loss(p, smoothing, _statistics(p, terms, smoothing), terms)
+    return p.reduce(Pass(loss, None if terms is None else terms.weight_sum(p)))
 
 
 def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> Any:
-    logits = _rows_of(p)
-    if logits is None:
+    if not _applies(p):
         return None
-    terms = IndexTerms.of(p, smoothing)
-    weight_sum = terms.weight_sum(p)
+    terms = IndexTerms.of(p, smoothing) if p.index_target else None
+    weight_sum = None if terms is None else terms.weight_sum(p)
     # The mean's 1 / W goes into the block loop: no second pass over the gradient. As torch's,
     # it is NaN at kept positions whose total weight W is 0 (ignored ones stay 0).
     scale = None
     if p.reduction == "mean":
-        total = float(weight_sum)
+        total = float(p.num_positions if weight_sum is None else weight_sum)
         scale = 1.0 / total if total != 0.0 else math.nan
     gradient = np.empty(p.predictions.shape, dtype=p.compute_dtype)
-    statistics = _statistics(p, logits, terms, gradient.reshape(-1, p.num_classes), scale)
-    loss = p.reduce(Pass(terms.loss(p, *statistics), weight_sum))
+    statistics = _statistics(p, terms, smoothing, gradient, scale)
+    loss = p.reduce(Pass(_loss(p, smoothing, statistics, terms), weight_sum))
     return loss, p.finish(p.to_caller_layout(gradient))
 
 
