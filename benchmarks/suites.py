@@ -110,6 +110,44 @@ def numpy_suite(shape: tuple[int, int]) -> Iterator[Case]:
         logits.nbytes,
     )
 
+    # class probabilities: the tutorial way against the blocked kernel
+    soft = scipy.special.softmax(np.roll(logits, 1, axis=0), axis=1)
+
+    def soft_from_scratch() -> Any:
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = exp / exp.sum(axis=1, keepdims=True)
+        return -np.mean(np.sum(soft * np.log(np.clip(probs, 1e-7, 1.0)), axis=1))
+
+    yield Case(
+        "numpy",
+        "class probabilities vs from scratch",
+        ours,
+        "NumPy from scratch",
+        lambda: crossent.cross_entropy(logits, soft),
+        soft_from_scratch,
+        size + soft.nbytes,
+    )
+
+    # (N, C, d) with the classes on axis 1, as segmentation losses have them
+    spatial = np.ascontiguousarray(logits.reshape(-1, 16, shape[1]).transpose(0, 2, 1))
+    spatial_target = target.reshape(-1, 16)
+
+    def spatial_from_scratch() -> Any:
+        exp = np.exp(spatial - spatial.max(axis=1, keepdims=True))
+        probs = exp / exp.sum(axis=1, keepdims=True)
+        picked = np.take_along_axis(probs, spatial_target[:, None, :], axis=1)
+        return -np.mean(np.log(np.clip(picked, 1e-7, 1.0)))
+
+    yield Case(
+        "numpy",
+        "(N, C, 16) axis=1 vs from scratch",
+        ours,
+        "NumPy from scratch",
+        lambda: crossent.cross_entropy(spatial, spatial_target, axis=1),
+        spatial_from_scratch,
+        size,
+    )
+
     probs = scipy.special.softmax(logits, axis=1)
     classes = np.arange(shape[1])
     yield Case(
@@ -174,15 +212,15 @@ def torch_suite(shape: tuple[int, int], dtype: str) -> Iterator[Case]:
         )
 
 
-def jax_suite(shape: tuple[int, int]) -> Iterator[Case]:
+def jax_suite(shape: tuple[int, int], dtype: str = "float32") -> Iterator[Case]:
     import jax
     import jax.numpy as jnp
     import optax
 
     logits, target = _data(shape)
-    x, t = jnp.asarray(logits), jnp.asarray(target, dtype=jnp.int32)
-    labels = (jax.random.uniform(jax.random.key(0), shape) < 0.5).astype(jnp.float32)
-    size = logits.nbytes
+    x, t = jnp.asarray(logits, dtype=dtype), jnp.asarray(target, dtype=jnp.int32)
+    labels = (jax.random.uniform(jax.random.key(0), shape) < 0.5).astype(dtype)
+    size = x.nbytes
 
     def optax_ce(x: Any, t: Any) -> Any:
         return optax.softmax_cross_entropy_with_integer_labels(x, t).mean()
@@ -225,7 +263,7 @@ def jax_suite(shape: tuple[int, int]) -> Iterator[Case]:
             lambda f=analytic, y=targets: f(x, y),
             lambda f=theirs_vg, y=targets: f(x, y),
             size,
-            logits.nbytes,
+            x.nbytes,
         )
         yield Case(
             "jax",
@@ -235,5 +273,5 @@ def jax_suite(shape: tuple[int, int]) -> Iterator[Case]:
             lambda f=autodiff, y=targets: f(x, y),
             lambda f=theirs_vg, y=targets: f(x, y),
             size,
-            logits.nbytes,
+            x.nbytes,
         )

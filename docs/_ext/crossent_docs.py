@@ -189,6 +189,11 @@ class BenchmarkMachine(_TableDirective):
         return self.render(_list_table(None, rows, "1 3"))
 
 
+def _shape_key(shape: list[int] | str) -> tuple[int, ...] | None:
+    """A target's shape as a key: None for ``"every"``."""
+    return None if shape == "every" else tuple(shape)
+
+
 class BenchmarkResults(_TableDirective):
     """``.. benchmark-results:: SUITE``: every comparison of one suite, with its target."""
 
@@ -197,14 +202,17 @@ class BenchmarkResults(_TableDirective):
     def run(self) -> list[nodes.Node]:
         data = _load_results()
         suite = self.arguments[0]
-        targets = {(t["suite"], t["name"], tuple(t["shape"])): t["ratio"] for t in data["targets"]}
+        # float32 targets at one shape; targets with a dtype hold at every shape
+        targets = {
+            (t["suite"], t["name"], t.get("dtype", "float32"), _shape_key(t["shape"])): t["ratio"]
+            for t in data["targets"]
+        }
         rows = []
         for r in data["results"]:
             if r["suite"] != suite:
                 continue
-            target = targets.get((r["suite"], r["name"], tuple(r["shape"])))
-            if r["dtype"] != "float32":
-                target = None
+            key = (r["suite"], r["name"], r["dtype"])
+            target = targets.get((*key, _shape_key(r["shape"])), targets.get((*key, None)))
             verdict = (
                 NONE
                 if target is None
