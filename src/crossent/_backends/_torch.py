@@ -95,14 +95,14 @@ def _half_block_losses(
     )
 
 
-class _BlockedHalfCrossEntropy(torch.autograd.Function):
+class _BlockedHalfCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
     """The float32 cross-entropy of each row of half-precision logits ``(N, C)``, block by
     block: no float32 copy of the logits is ever whole. The backward pass recomputes each block
     with torch's own forward and backward in float32 and rounds the gradient once, into the
     logits' dtype."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         rows: torch.Tensor,
         target: torch.Tensor,
@@ -123,7 +123,7 @@ class _BlockedHalfCrossEntropy(torch.autograd.Function):
         return torch.cat(losses) if losses else rows.new_zeros((0,), dtype=torch.float32)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]
     def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, target, weight = ctx.saved_tensors
         ignore_index, smoothing = ctx.options
@@ -209,6 +209,13 @@ def nll_loss(p: Classes) -> Array:
         # backward scatters without the conversions that make torch's generic scatter slow;
         # weights and sums are then float32, where torch's half kernel would round them.
         negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
+        if p.weight is None:  # the common case, in as few operations as it takes
+            if p.reduction == "none":
+                return negated
+            total = torch.sum(negated, dtype=torch.float32)
+            if p.reduction == "mean":  # no kept position: 0 / 0 = NaN, as torch's
+                total = total / torch.sum(p.target != p.ignore_index, dtype=torch.float32)
+            return p.finish(total)
         pick = _categorical.picks(p)
         loss = pick.weight * negated.to(torch.float32)
         return p.reduce(Pass(loss, torch.sum(pick.weight)))
@@ -419,6 +426,72 @@ def direct_binary_cross_entropy(
         return None
 
 
+class _BlockedHalfBCEWithLogits(torch.autograd.Function):  # type: ignore[misc]
+    """torch's binary cross-entropy with logits of flat half-precision tensors, computed in
+    float32 block by block (each block converted while it is in the cache), never a float32
+    copy of the whole input. ``"none"`` writes each block's loss in the input's dtype; the
+    sums are float32. The backward pass recomputes ``sigmoid(x) - t`` per block."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor, total: bool) -> Any:
+        ctx.save_for_backward(logits, target)
+        step = BLOCK_ELEMENTS
+        if total:
+            out = torch.zeros((), dtype=torch.float32, device=logits.device)
+        else:
+            out = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], step):
+            j = i + step
+            loss = F.binary_cross_entropy_with_logits(
+                logits[i:j].float(), target[i:j].float(), reduction="sum" if total else "none"
+            )
+            if total:
+                out += loss
+            else:
+                out[i:j] = loss
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        logits, target = ctx.saved_tensors
+        grad = torch.empty_like(logits)  # ours to write into
+        step = BLOCK_ELEMENTS
+        scalar = upstream.ndim == 0
+        for i in range(0, logits.shape[0], step):
+            j = i + step
+            block = torch.sigmoid(logits[i:j].float()).sub_(target[i:j].float())
+            grad[i:j] = block.mul_(upstream if scalar else upstream[i:j].float())
+        return grad, None, None
+
+
+def _blocked_half_bce_with_logits(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str
+) -> Array | None:
+    """Half-precision logits and target of one dtype, no weights, contiguous, the target not
+    differentiated: :class:`_BlockedHalfBCEWithLogits`. Eager only: torch.compile fuses the
+    conversion by itself."""
+    dtype = logits.dtype
+    if (
+        dtype not in (torch.float16, torch.bfloat16)
+        or type(target) is not torch.Tensor
+        or target.dtype != dtype
+        or target.shape != logits.shape
+        or target.requires_grad
+        or not (logits.is_contiguous() and target.is_contiguous())
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    flat = logits.reshape(-1)
+    if reduction == "none":
+        out: torch.Tensor = _BlockedHalfBCEWithLogits.apply(flat, target.reshape(-1), False)
+        return out.reshape(logits.shape)
+    total = _BlockedHalfBCEWithLogits.apply(flat, target.reshape(-1), True)
+    if reduction == "mean":
+        total = total / flat.shape[0]  # 0 / 0 = NaN for no element, as torch's
+    return total.to(dtype)
+
+
 def direct_binary_cross_entropy_with_logits(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -427,6 +500,10 @@ def direct_binary_cross_entropy_with_logits(
     pos_weight: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> Array:
+    if weight is None and pos_weight is None and _plain(logits, -1, reduction):
+        blocked = _blocked_half_bce_with_logits(logits, target, reduction)
+        if blocked is not None:
+            return blocked
     if not (_same_dtype(logits, target, weight, pos_weight) and _plain(logits, -1, reduction)):
         return None
     for extra in (weight, pos_weight):

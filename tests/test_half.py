@@ -1,0 +1,87 @@
+"""Half precision on inputs large enough to cross several blocks of the blocked kernels (torch's
+float16/bfloat16 paths, NumPy's float16 one): the loss and its gradient are the float32
+computation on the same (rounded) inputs, rounded once to the input dtype."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from array_api_compat import is_dask_namespace, is_jax_namespace, is_torch_namespace
+from conftest import to_numpy
+
+import crossent
+
+N, C = 1200, 500  # 600k logits: three of torch's blocks, many of NumPy's
+
+OPTIONS = [
+    *(
+        ("cross_entropy", {"reduction": r, "weight": w, "ignore": i, "label_smoothing": s})
+        for r, w, i, s in itertools.product(
+            ["mean", "sum", "none"], [False, True], [False, True], [0.0, 0.1]
+        )
+    ),
+    *(
+        ("nll_loss", {"reduction": r, "weight": w, "ignore": i})
+        for r, w, i in itertools.product(["mean", "sum", "none"], [False, True], [False, True])
+    ),
+    *(("binary_cross_entropy_with_logits", {"reduction": r}) for r in ["mean", "sum", "none"]),
+]
+
+
+def _loss_and_grad(xp, func, pred, target, options):
+    if is_torch_namespace(xp):
+        leaf = pred.detach().clone().requires_grad_(True)
+        loss = func(leaf, target, **options)
+        loss.float().sum().backward()  # an upstream gradient of 1, or of ones
+        return loss.detach(), leaf.grad
+    step = crossent.value_and_grad(func)
+    if is_jax_namespace(xp):
+        import jax
+
+        return jax.jit(lambda p, t: step(p, t, **options))(pred, target)
+    return step(pred, target, **options)
+
+
+# the expected sums, rounded here, overflow float16 as crossent's do
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(("name", "options"), OPTIONS, ids=lambda o: str(o))
+def test_half_precision_is_float32_rounded_once(name, options, dtype, xp, to_xp):
+    if is_dask_namespace(xp) and name != "cross_entropy":
+        pytest.skip("one loss is enough to cover Dask's chunks")
+    rng = np.random.default_rng(11)
+    options = dict(options)
+    logits = rng.standard_normal((N, C)) * 4
+    half = to_xp(logits, dtype)
+    single = to_xp(to_numpy(half).astype(np.float32), "float32")  # the same rounded values
+    if name == "binary_cross_entropy_with_logits":
+        labels = (rng.random((N, C)) < 0.3) * 1.0
+        target_half, target_single = to_xp(labels, dtype), to_xp(labels, "float32")
+    else:
+        target = rng.integers(0, C, N)
+        if options.pop("ignore"):
+            target[::3] = -100
+        target_half = target_single = to_xp(target)
+        if options.pop("weight"):
+            options["weight"] = to_xp(rng.uniform(0.2, 2.0, C), "float32")
+    if name == "nll_loss":
+        half = to_xp(to_numpy(half).astype(np.float32) - 8.0, dtype)  # log-probability-like
+        single = to_xp(to_numpy(half).astype(np.float32), "float32")
+    func = getattr(crossent, name)
+    loss, grad = _loss_and_grad(xp, func, half, target_half, options)
+    loss32, grad32 = _loss_and_grad(xp, func, single, target_single, options)
+    eps = float(np.finfo(np.float16).eps) if dtype == "float16" else 2.0**-7
+    assert loss.dtype == half.dtype and grad.dtype == half.dtype
+    # one rounding of the float32 value (inf beyond float16's range; a sum of many terms may
+    # round the other way)
+    expected = to_numpy(to_xp(to_numpy(loss32), dtype)).astype(np.float64)
+    np.testing.assert_allclose(to_numpy(loss).astype(np.float64), expected, rtol=eps)
+    # the float32 gradient rounded to the dtype: within one unit of it, of the dtype's smallest
+    # subnormal (2**-24 for float16), or of float32's rounding where terms cancel (smoothing)
+    g = to_numpy(grad).astype(np.float64)
+    g32 = to_numpy(grad32)
+    rounded = to_numpy(to_xp(g32, dtype)).astype(np.float64)
+    tiny = 2.0**-24 if dtype == "float16" else 2.0**-133
+    np.testing.assert_allclose(g, rounded, rtol=eps, atol=max(tiny, 2.0**-21 * np.abs(g32).max()))
