@@ -73,7 +73,8 @@ def test_half_precision_is_float32_rounded_once(name, options, dtype, xp, to_xp)
     loss, grad = _loss_and_grad(xp, func, half, target_half, options)
     loss32, grad32 = _loss_and_grad(xp, func, single, target_single, options)
     eps = float(np.finfo(np.float16).eps) if dtype == "float16" else 2.0**-7
-    assert loss.dtype == half.dtype and grad.dtype == half.dtype
+    assert loss.dtype == half.dtype
+    assert grad.dtype == half.dtype
     # one rounding of the float32 value (inf beyond float16's range; a sum of many terms may
     # round the other way)
     expected = to_numpy(to_xp(to_numpy(loss32), dtype)).astype(np.float64)
