@@ -124,6 +124,8 @@ def _one_case_per_loss() -> list[Case]:
     return list(seen.values())
 
 
+# torch's own Inductor warns about torch's own deprecated API, as it compiles
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
 @pytest.mark.parametrize("case", _one_case_per_loss(), ids=lambda c: c.id)

@@ -102,11 +102,14 @@ def _probe(spec: matrix.Session) -> dict[str, str]:
     if spec.backend == "jax":
         jax = importlib.import_module("jax")
         jitted = jax.jit(crossent.cross_entropy)(logits, target)
-        out["jit"] = YES if np.isclose(_to_numpy(jitted), loss_ref, rtol=1e-12) else NO
+        out["jit"] = "jax.jit: " + (YES if np.isclose(_to_numpy(jitted), loss_ref, rtol=1e-12) else NO)
         auto = jax.grad(crossent.cross_entropy)(logits, target)
         out["autodiff"] = "jax.grad: " + (YES if np.allclose(auto, grad_ref) else NO)
         out["lazy"] = "traced under jit"
     if spec.backend == "torch":
+        compiled = module.compile(crossent.cross_entropy, fullgraph=True, backend="aot_eager")
+        loss = compiled(module.tensor(_LOGITS), target)
+        out["jit"] = "torch.compile: " + (YES if np.isclose(_to_numpy(loss), loss_ref) else NO)
         leaf = module.tensor(_LOGITS, requires_grad=True)
         crossent.cross_entropy(leaf, target).backward()
         ok = np.allclose(leaf.grad.numpy(), grad_ref, rtol=1e-12)
