@@ -8,6 +8,7 @@ figure of merit is the median over pairs of ``time(crossent) / time(peer)``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import math
 import os
@@ -20,6 +21,33 @@ from typing import Any
 
 #: A sample is at least this long: fast calls are repeated within one sample.
 MIN_SAMPLE_SECONDS = 0.02
+
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _allocator(phase: str) -> None:
+    """Set glibc's allocator for a phase of the measurement (where there is glibc).
+
+    ``"time"``: as a long-running process has it. glibc starts handing every block above
+    128 KiB back to the system on free, and raises that threshold as blocks are freed, up to
+    32 MiB; a training loop is past that within its first steps. Timed at 128 KiB instead,
+    every call pays page faults for each of its buffers, and a kernel that works through
+    1 MiB blocks pays them per block, which no user's process does.
+    ``"memory"``: every block above 128 KiB handed back at once, so that the high-water mark
+    of one call shows all of its temporaries.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    if phase == "time":
+        mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+        mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
+    else:
+        mallopt(_M_MMAP_THRESHOLD, 128 * 2**10)
+        mallopt(_M_TRIM_THRESHOLD, 0)
 
 
 def _sync(out: Any) -> None:
@@ -63,9 +91,9 @@ def peak_memory(func: Callable[[], Any]) -> int | None:
     """Bytes the process's resident set grew by, at its peak, during one call.
 
     Reads Linux's high-water mark after resetting it (``/proc/self/clear_refs``), so that it
-    sees every allocator: NumPy's, torch's, XLA's. Run with ``MALLOC_MMAP_THRESHOLD_`` set
-    (``nox -s bench`` sets it), so that glibc returns large blocks on free and each call's
-    temporaries show. None where the platform cannot tell.
+    sees every allocator: NumPy's, torch's, XLA's. :func:`compare` first sets glibc to return
+    large blocks on free (``_allocator("memory")``), so that each call's temporaries show.
+    None where the platform cannot tell.
     """
     try:
         gc.collect()
@@ -118,6 +146,7 @@ def compare(
     Returns the median of the per-pair ratios, each side's median time, and each side's peak
     memory during one call.
     """
+    _allocator("time")
     for func in (ours, peer):  # warm up: compile, fill caches, start thread pools
         _once(func)
         _once(func)
@@ -130,6 +159,7 @@ def compare(
         for func, times in order:
             times.append(_sample(func, calls))
         ratios.append(ours_times[-1] / peer_times[-1])
+    _allocator("memory")
     ours_peak = peak_memory(ours) if memory else None
     peer_peak = peak_memory(peer) if memory else None
     return (

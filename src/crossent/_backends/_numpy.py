@@ -122,8 +122,9 @@ def _row_max(block: np.ndarray) -> np.ndarray:
 class _Rows:
     """The logits (and class-probability target) of a problem as ``(positions, C)`` rows,
     read in blocks: a C-contiguous class-last array is a view; a class axis elsewhere in a
-    C-contiguous caller array, ``(A, C, B)`` (``axis=1`` of ``(N, C, d1, ...)``), gives for
-    each ``a`` the rows ``x[a, :, b0:b1].T``, which a block copies into its buffer."""
+    C-contiguous caller array, ``(A, C, B)`` (``axis=1`` of ``(N, C, d1, ...)``), gives the
+    rows ``x[a, :, b0:b1].T`` of one ``a``, or those of several whole ones, which a block
+    copies into its buffer."""
 
     def __init__(self, p: Classes, x: np.ndarray) -> None:
         self.classes = p.num_classes
@@ -146,16 +147,28 @@ class _Rows:
         )
 
     def stop(self, lo: int, hi: int) -> int:
-        """The end of a block from ``lo`` that stays within one ``a`` of a strided layout."""
-        return min(hi, (lo // self.span + 1) * self.span) if self.strided else hi
-
-    def block(self, lo: int, hi: int) -> np.ndarray:
-        """Rows ``lo:hi`` (within one ``a``): a view, strided where the layout is."""
+        """Where a block from ``lo`` may end, at most ``hi``: in a strided layout either within
+        one ``a`` or at the end of a whole number of them (few positions per ``a``)."""
         if not self.strided:
-            return self.array[lo:hi]
+            return hi
+        offset = lo % self.span
+        if offset or hi - lo < self.span:
+            return min(hi, lo - offset + self.span)
+        return lo + (hi - lo) // self.span * self.span
+
+    def read(self, lo: int, hi: int, out: np.ndarray) -> None:
+        """Copy rows ``lo:hi`` (a block that :meth:`stop` allowed) into ``out``."""
+        if not self.strided:
+            out[...] = self.array[lo:hi]
+            return
         a, b = divmod(lo, self.span)
-        rows: np.ndarray = self.array[a, :, b : b + hi - lo].T
-        return rows
+        if b + hi - lo <= self.span:  # within one a
+            out[...] = self.array[a, :, b : b + hi - lo].T
+        else:  # whole a's
+            count = (hi - lo) // self.span
+            out.reshape(count, self.span, self.classes)[...] = self.array[a : a + count].transpose(
+                0, 2, 1
+            )
 
 
 def _applies(p: Classes) -> bool:
@@ -222,18 +235,19 @@ def _statistics(
             hi = logits.stop(lo, min(lo + block_rows, stop))
             if targets is not None:
                 hi = targets.stop(lo, hi)
-            block = logits.block(lo, hi)
             out = scratch[: hi - lo] if grad_rows is None else grad_rows[lo:hi]
             if copy:
-                out[...] = block
+                logits.read(lo, hi, out)
                 block = out
+            else:
+                block = logits.array[lo:hi]
             shift = _row_max(block)
             shift[shift == -np.inf] = 0.0  # a row of all -inf: exp gives 0, not NaN
             np.subtract(block, shift[:, None], out=out)
             local = np.arange(hi - lo)
             if targets is not None:  # class probabilities, smoothed and weighted
                 weighted = scratch[block_rows : block_rows + hi - lo]
-                weighted[...] = targets.block(lo, hi)
+                targets.read(lo, hi, weighted)
                 if smoothing > 0.0:
                     weighted *= 1.0 - smoothing
                     weighted += smoothing / classes
