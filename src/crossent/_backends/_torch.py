@@ -210,17 +210,25 @@ def nll_loss(p: Classes) -> Array:
         # weights and sums are then float32, where torch's half kernel would round them.
         negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
         if p.weight is None:  # the common case, in as few operations as it takes
-            if p.reduction == "none":
-                return negated
-            total = torch.sum(negated, dtype=torch.float32)
-            if p.reduction == "mean":  # no kept position: 0 / 0 = NaN, as torch's
-                total = total / torch.sum(p.target != p.ignore_index, dtype=torch.float32)
-            return p.finish(total)
+            return _reduce_half_nll(negated, p.target, p.ignore_index, p.reduction)
         pick = _categorical.picks(p)
         loss = pick.weight * negated.to(torch.float32)
         return p.reduce(Pass(loss, torch.sum(pick.weight)))
     out = _nll_class_last(p.predictions, p.target, p.weight, p.ignore_index, p.reduction)
     return p.finish(out)
+
+
+def _reduce_half_nll(
+    negated: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str
+) -> torch.Tensor:
+    """The reduction of torch's exact half-precision ``-x_y`` (0 where ignored), unweighted,
+    summed in float32 and rounded once."""
+    if reduction == "none":
+        return negated
+    total = torch.sum(negated, dtype=torch.float32)
+    if reduction == "mean":  # no kept position: 0 / 0 = NaN, as torch's
+        total = total / torch.sum(target != ignore_index, dtype=torch.float32)
+    return total.to(negated.dtype)
 
 
 def _nll_class_last(
@@ -372,6 +380,24 @@ def direct_nll_loss(
 ) -> Array:
     # The loss itself takes microseconds: the checks are written out, and torch is called
     # with positional arguments, to keep crossent's cost within a few percent of it.
+    if (
+        weight is None
+        and (log_probs.dtype is torch.bfloat16 or log_probs.dtype is torch.float16)
+        and log_probs.ndim == 2
+        and (axis == 1 or axis == -1)
+        and type(axis) is int
+        and type(target) is torch.Tensor
+        and type(ignore_index) is int
+        and type(reduction) is str
+        and reduction in _REDUCTIONS
+        and log_probs.shape[1] > 0
+    ):
+        # half precision: torch's exact gather, summed in float32 (as the kernel nll_loss)
+        try:
+            negated = F.nll_loss(log_probs, target, None, None, ignore_index, None, "none")
+        except _TORCH_ERRORS:
+            return None
+        return _reduce_half_nll(negated, target, ignore_index, reduction)
     if (
         type(target) is not torch.Tensor
         or (weight is not None and type(weight) is not torch.Tensor)
