@@ -156,6 +156,18 @@ class _Rows:
             return min(hi, lo - offset + self.span)
         return lo + (hi - lo) // self.span * self.span
 
+    def row_max(self, lo: int, hi: int, block: np.ndarray) -> np.ndarray:
+        """The maximum of rows ``lo:hi`` (``block`` holds them): a strided layout reduces its
+        own class axis, over contiguous positions, instead of the rows' short one."""
+        if not self.strided or self.classes >= 64:
+            return _row_max(block)
+        a, b = divmod(lo, self.span)
+        if b + hi - lo <= self.span:
+            found: np.ndarray = self.array[a, :, b : b + hi - lo].max(axis=0)
+        else:
+            found = self.array[a : a + (hi - lo) // self.span].max(axis=1).reshape(-1)
+        return found.astype(block.dtype, copy=False)
+
     def read(self, lo: int, hi: int, out: np.ndarray) -> None:
         """Copy rows ``lo:hi`` (a block that :meth:`stop` allowed) into ``out``."""
         if not self.strided:
@@ -241,7 +253,7 @@ def _statistics(
                 block = out
             else:
                 block = logits.array[lo:hi]
-            shift = _row_max(block)
+            shift = logits.row_max(lo, hi, block)
             shift[shift == -np.inf] = 0.0  # a row of all -inf: exp gives 0, not NaN
             np.subtract(block, shift[:, None], out=out)
             local = np.arange(hi - lo)
