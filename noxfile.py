@@ -48,6 +48,17 @@ def _missing_device(kind: str) -> str | None:
     return f"nox knows no device kind {kind!r}"
 
 
+def _prepare(session: nox.Session, backend: str, device: str) -> dict[str, str]:
+    """Skip where the device is missing, else install the backend's requirements; the
+    environment its tests read."""
+    spec = matrix.session(backend, device)
+    why = _missing_device(device)
+    if why is not None:
+        session.skip(f"not run: {backend} on {device} needs a {device} device here ({why})")
+    session.install("-e", ".[test]", *spec.requirements)
+    return {**spec.env, matrix.BACKEND_VARIABLE: backend, matrix.DEVICE_VARIABLE: device}
+
+
 @nox.session
 @nox.parametrize(
     ("backend", "device"),
@@ -56,12 +67,7 @@ def _missing_device(kind: str) -> str | None:
 )
 def tests(session: nox.Session, backend: str, device: str) -> None:
     """The whole test suite on one backend and device, torch in float64 as the oracle."""
-    spec = matrix.session(backend, device)
-    why = _missing_device(device)
-    if why is not None:
-        session.skip(f"not run: {backend} on {device} needs a {device} device here ({why})")
-    session.install("-e", ".[test]", *spec.requirements)
-    env = {**spec.env, matrix.BACKEND_VARIABLE: backend, matrix.DEVICE_VARIABLE: device}
+    env = _prepare(session, backend, device)
     args = list(session.posargs)
     if backend == "numpy" and not args:
         # the docstrings' examples too; the torch and JAX fast paths import their framework
@@ -83,12 +89,7 @@ SLOW = [s for s in MATRIX if s.slow_tests]
 def slow(session: nox.Session, backend: str, device: str) -> None:
     """The tests marked slow (whole option grids, compilers) of one backend and device: those
     whose file says ``slow_tests = true``. CI runs them all (``nox -s slow``)."""
-    spec = matrix.session(backend, device)
-    why = _missing_device(device)
-    if why is not None:
-        session.skip(f"not run: {backend} on {device} needs a {device} device here ({why})")
-    session.install("-e", ".[test]", *spec.requirements)
-    env = {**spec.env, matrix.BACKEND_VARIABLE: backend, matrix.DEVICE_VARIABLE: device}
+    env = _prepare(session, backend, device)
     session.run("python", "-m", "pytest", "-m", "slow", *session.posargs, env=env)
 
 

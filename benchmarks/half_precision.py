@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import suites  # noqa: E402
+import suites
 
-import crossent  # noqa: E402
+import crossent
 
 LOSSES = {
     "cross_entropy": (crossent.cross_entropy, F.cross_entropy),

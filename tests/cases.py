@@ -20,6 +20,16 @@ from oracle import T, class_first
 
 N, C = 5, 4
 
+#: Every loss, by its public name.
+LOSSES = [
+    "cross_entropy",
+    "nll_loss",
+    "cross_entropy_from_probs",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "kl_div",
+]
+
 
 @dataclass(frozen=True)
 class Case:

@@ -69,6 +69,18 @@ def _scale(grad, dtype):
     return TOLERANCE[dtype] * float(np.nanmax(np.abs(to_numpy(grad)), initial=0.0)) + 1e-300
 
 
+def _check_cross_entropy_both_paths(args, options, dtype, assert_close):
+    """``cross_entropy`` and its ``value_and_grad``: the kernel's equal the generic path's."""
+    fast, generic = _both_paths(crossent.cross_entropy, *args, **options)
+    rtol = TOLERANCE[dtype]
+    assert_close(fast, generic, dtype=dtype, rtol=rtol)
+    (fast_loss, fast_grad), (loss, grad) = _both_paths(
+        crossent.value_and_grad(crossent.cross_entropy), *args, **options
+    )
+    assert_close(fast_loss, loss, dtype=dtype, rtol=rtol)
+    assert_close(fast_grad, grad, dtype=dtype, rtol=rtol, atol=_scale(grad, dtype))
+
+
 # The NumPy kernel threads blocks of rows: inputs large enough to cross several blocks and run
 # on the pool, with every option.
 OPTIONS = list(
@@ -101,14 +113,7 @@ def test_blocked_kernel_equals_generic_path_on_large_inputs(
             rng.uniform(0.1, 3, 700), "float32" if dtype == "float16" else dtype
         )
     args = (to_xp(logits, dtype), to_xp(target))
-    fast, generic = _both_paths(crossent.cross_entropy, *args, **options)
-    rtol = TOLERANCE[dtype]
-    assert_close(fast, generic, dtype=dtype, rtol=rtol)
-    (fast_loss, fast_grad), (loss, grad) = _both_paths(
-        crossent.value_and_grad(crossent.cross_entropy), *args, **options
-    )
-    assert_close(fast_loss, loss, dtype=dtype, rtol=rtol)
-    assert_close(fast_grad, grad, dtype=dtype, rtol=rtol, atol=_scale(grad, dtype))
+    _check_cross_entropy_both_paths(args, options, dtype, assert_close)
 
 
 #: The kernels each backend must have: losing one (a renamed generic function, a table entry
@@ -297,11 +302,4 @@ def test_blocked_kernel_reads_every_layout(
     args = (to_xp(logits, dtype), to_xp(target, dtype if soft else None))
     if soft and dtype == "float16":
         args = (args[0], to_xp(target, "float32").astype(np.float16))
-    fast, generic = _both_paths(crossent.cross_entropy, *args, **options)
-    rtol = TOLERANCE[dtype]
-    assert_close(fast, generic, dtype=dtype, rtol=rtol)
-    (fast_loss, fast_grad), (loss, grad) = _both_paths(
-        crossent.value_and_grad(crossent.cross_entropy), *args, **options
-    )
-    assert_close(fast_loss, loss, dtype=dtype, rtol=rtol)
-    assert_close(fast_grad, grad, dtype=dtype, rtol=rtol, atol=_scale(grad, dtype))
+    _check_cross_entropy_both_paths(args, options, dtype, assert_close)

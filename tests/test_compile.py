@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import pytest
 from array_api_compat import is_torch_namespace
-from cases import Case, all_cases
+from cases import LOSSES, Case, all_cases
 from conftest import XP, to_numpy
 
 import crossent
@@ -187,16 +187,6 @@ def _torch_function(name: str):
         oracle.cross_entropy_from_probs if name == "cross_entropy_from_probs" else getattr(F, name)
     )
     return lambda x, t: func(x, t)
-
-
-LOSSES = [
-    "cross_entropy",
-    "nll_loss",
-    "cross_entropy_from_probs",
-    "binary_cross_entropy",
-    "binary_cross_entropy_with_logits",
-    "kl_div",
-]
 
 
 def _compiles(func, name: str, dynamic: bool | None) -> int:

@@ -102,7 +102,9 @@ def _probe(spec: matrix.Session) -> dict[str, str]:
     if spec.backend == "jax":
         jax = importlib.import_module("jax")
         jitted = jax.jit(crossent.cross_entropy)(logits, target)
-        out["jit"] = "jax.jit: " + (YES if np.isclose(_to_numpy(jitted), loss_ref, rtol=1e-12) else NO)
+        out["jit"] = "jax.jit: " + (
+            YES if np.isclose(_to_numpy(jitted), loss_ref, rtol=1e-12) else NO
+        )
         auto = jax.grad(crossent.cross_entropy)(logits, target)
         out["autodiff"] = "jax.grad: " + (YES if np.allclose(auto, grad_ref) else NO)
         out["lazy"] = "traced under jit"

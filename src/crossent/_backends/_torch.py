@@ -72,8 +72,8 @@ def log_sigmoid(xp: Namespace, x: torch.Tensor) -> Array:
     return F.logsigmoid(x)
 
 
-#: Elements per block of half-precision logits read as float32: 1 MiB, which a core's cache
-#: holds (measured best of 128 KiB to 4 MiB, benchmarks/README.md).
+#: Elements per block of half-precision input read as float32: 1 MiB, which a core's cache
+#: holds (of 256 KiB to 16 MiB blocks, it measured best on the benchmark shapes).
 BLOCK_ELEMENTS = 2**18
 
 
@@ -97,9 +97,9 @@ def _half_block_losses(
 
 class _BlockedHalfCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
     """The float32 cross-entropy of each row of half-precision logits ``(N, C)``, block by
-    block: no float32 copy of the logits is ever whole. The backward pass recomputes each block
-    with torch's own forward and backward in float32 and rounds the gradient once, into the
-    logits' dtype."""
+    block: no float32 copy of the logits is ever whole. The backward pass recomputes each
+    block's softmax in float32, makes torch's gradient of it there (written out below), and
+    rounds it once, into the logits' dtype."""
 
     @staticmethod
     def forward(
