@@ -9,6 +9,7 @@ from ._binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from ._categorical import cross_entropy, cross_entropy_from_probs, nll_loss
 from ._divergence import kl_div
 from ._gradients import grad, value_and_grad
+from ._linear import linear_cross_entropy
 from ._softmax import log_sigmoid, log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ __all__ = [
     "cross_entropy_from_probs",
     "grad",
     "kl_div",
+    "linear_cross_entropy",
     "log_sigmoid",
     "log_softmax",
     "logsumexp",

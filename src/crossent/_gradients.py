@@ -29,7 +29,8 @@ from ._categorical import (
 )
 from ._dispatch import dispatch, entry
 from ._divergence import kl_div, prepare_kl_div
-from ._generic import _binary, _categorical, _divergence
+from ._generic import _binary, _categorical, _divergence, _linear
+from ._linear import linear_cross_entropy, prepare_linear_cross_entropy
 from ._typing import Array
 
 __all__ = ["grad", "value_and_grad"]
@@ -43,7 +44,12 @@ class _Analytic:
     prepare: Callable[..., tuple[Any, tuple[Any, ...]]]
     #: The generic ``(loss, gradient)`` of a prepared problem; backends may register kernels
     #: for it.
-    value_and_grad: Callable[..., tuple[Array, Array]]
+    value_and_grad: Callable[..., tuple[Array, Any]]
+    #: The arguments it differentiates in, by name. With one, its gradient is the second item
+    #: of ``value_and_grad``'s result; with several, ``value_and_grad`` takes one more
+    #: argument, which of them to compute (a bool each), and returns their gradients as a
+    #: tuple, None for those not asked for.
+    arguments: tuple[str, ...] = ()
 
 
 ANALYTIC: dict[Callable[..., Array], _Analytic] = {
@@ -60,6 +66,11 @@ ANALYTIC: dict[Callable[..., Array], _Analytic] = {
         _binary.binary_cross_entropy_with_logits_value_and_grad,
     ),
     kl_div: _Analytic(prepare_kl_div, _divergence.kl_div_value_and_grad),
+    linear_cross_entropy: _Analytic(
+        prepare_linear_cross_entropy,
+        _linear.linear_cross_entropy_value_and_grad,
+        ("hidden", "weight", "bias"),
+    ),
 }
 
 
@@ -74,13 +85,54 @@ def _analytic(fn: object, caller: str) -> _Analytic:
         ) from None
 
 
-def value_and_grad(fn: Callable[..., Array]) -> Callable[..., tuple[Array, Array]]:
+def _argument_names(
+    fn: Callable[..., Array],
+    signature: inspect.Signature,
+    analytic: _Analytic,
+    argnums: object,
+) -> tuple[str, ...]:
+    """The names of the arguments that ``argnums`` picks, checked."""
+    numbers = argnums if isinstance(argnums, tuple) else (argnums,)
+    if not numbers or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in numbers
+    ):
+        raise TypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
+    positional = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    allowed = analytic.arguments or (positional[0],)
+    described = ", ".join(f"{n} ({positional.index(n)})" for n in allowed)
+    names = []
+    for i in numbers:
+        if not -len(positional) <= i < len(positional):
+            raise ValueError(
+                f"argnums holds {i}, but {fn.__name__} takes {len(positional)} positional "
+                f"arguments; it is differentiated in {described}"
+            )
+        n = positional[i]
+        if n not in allowed:
+            raise ValueError(
+                f"argnums holds {i}, the argument {n}, but {fn.__name__} is differentiated in "
+                f"{described} only"
+            )
+        names.append(n)
+    return tuple(names)
+
+
+def value_and_grad(
+    fn: Callable[..., Array], argnums: int | tuple[int, ...] = 0
+) -> Callable[..., tuple[Array, Any]]:
     r"""Make a function that returns a loss and its gradient, computed analytically.
 
     ``value_and_grad(crossent.cross_entropy)(logits, target, **options)`` returns
     ``(loss, gradient)``: ``loss`` is ``crossent.cross_entropy(logits, target, **options)``
     and ``gradient`` its gradient with respect to the first argument (the predictions), written
-    out with Array API operations, so that it needs no autodiff framework. For
+    out with Array API operations, so that it needs no autodiff framework. ``argnums`` picks
+    the arguments to differentiate in, as ``jax.value_and_grad``'s does:
+    ``value_and_grad(linear_cross_entropy, argnums=(0, 1, 3))`` gives the gradients of
+    ``hidden``, ``weight`` and ``bias``. For
     ``cross_entropy`` with class indices, both come from one pass over the logits:
 
     .. math::
@@ -97,20 +149,30 @@ def value_and_grad(fn: Callable[..., Array]) -> Callable[..., tuple[Array, Array
     ----------
     fn : callable
         One of crossent's losses: ``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``,
-        ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``, ``kl_div``.
+        ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``, ``kl_div``,
+        ``linear_cross_entropy``.
+    argnums : int or tuple of int, default 0
+        The positional arguments of ``fn`` to differentiate in: the predictions (0) for every
+        loss; for ``linear_cross_entropy`` also ``weight`` (1) and ``bias`` (3). An int gives
+        one gradient, a tuple a tuple of them, in its order.
 
     Returns
     -------
     callable
-        Takes the arguments of ``fn`` and returns ``(loss, gradient)``. The gradient has the
-        predictions' library, shape, dtype and device; with ``reduction="none"`` it is the
+        Takes the arguments of ``fn`` and returns ``(loss, gradient)``. Each gradient has its
+        argument's library, shape, dtype and device; with ``reduction="none"`` it is the
         gradient of the summed loss.
 
     Raises
     ------
     TypeError
-        If ``fn`` is not one of crossent's losses. The returned function raises what ``fn``
-        raises for bad arguments.
+        If ``fn`` is not one of crossent's losses, or ``argnums`` is not an int or a tuple of
+        them.
+    ValueError
+        If ``argnums`` names an argument that ``fn`` is not differentiated in (a target, a
+        class weight), or one out of range. The returned function raises what ``fn`` raises
+        for bad arguments, and ``ValueError`` where ``argnums`` asks for the gradient of a
+        ``bias`` that was not given.
 
     See Also
     --------
@@ -144,16 +206,30 @@ def value_and_grad(fn: Callable[..., Array]) -> Callable[..., tuple[Array, Array
     analytic = _analytic(fn, "value_and_grad")
     signature = inspect.signature(fn)
     name = fn.__name__
+    chosen = _argument_names(fn, signature, analytic, argnums)
+    several = analytic.arguments[1:] != ()
+    wanted = tuple(n in chosen for n in analytic.arguments)
 
     @entry(analytic.value_and_grad)
-    def loss_and_gradient(*args: Any, **kwargs: Any) -> tuple[Array, Array]:
+    def loss_and_gradient(*args: Any, **kwargs: Any) -> tuple[Array, Any]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         problem, options = analytic.prepare(*bound.args, **bound.kwargs)
-        result: tuple[Array, Array] = dispatch(
-            problem.xp, analytic.value_and_grad, problem, *options
+        if not several:
+            value, gradient = dispatch(problem.xp, analytic.value_and_grad, problem, *options)
+            return value, gradient if isinstance(argnums, int) else (gradient,)
+        value, gradients = dispatch(
+            problem.xp, analytic.value_and_grad, problem, *options, wanted
         )
-        return result
+        found = dict(zip(analytic.arguments, gradients, strict=True))
+        for n in chosen:
+            if found[n] is None:
+                raise ValueError(
+                    f"argnums asks for the gradient of {n}, which is None: pass {n}, or leave "
+                    f"its position out of argnums"
+                )
+        picked = tuple(found[n] for n in chosen)
+        return value, picked[0] if isinstance(argnums, int) else picked
 
     loss_and_gradient.__name__ = f"value_and_grad_{name}"
     loss_and_gradient.__qualname__ = loss_and_gradient.__name__
@@ -162,28 +238,33 @@ def value_and_grad(fn: Callable[..., Array]) -> Callable[..., tuple[Array, Array
     return loss_and_gradient
 
 
-def grad(fn: Callable[..., Array]) -> Callable[..., Array]:
+def grad(
+    fn: Callable[..., Array], argnums: int | tuple[int, ...] = 0
+) -> Callable[..., Any]:
     """Make a function that returns the gradient of a loss, computed analytically.
 
-    ``grad(fn)(*args, **kwargs)`` is ``value_and_grad(fn)(*args, **kwargs)[1]``: the gradient
-    with respect to the first argument (the predictions), with its library, shape, dtype and
-    device; with ``reduction="none"``, the gradient of the summed loss.
+    ``grad(fn, argnums)(*args, **kwargs)`` is ``value_and_grad(fn, argnums)(*args,
+    **kwargs)[1]``: by default the gradient with respect to the first argument (the
+    predictions), with its library, shape, dtype and device; with ``reduction="none"``, the
+    gradient of the summed loss.
 
     Parameters
     ----------
     fn : callable
-        One of crossent's losses: ``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``,
-        ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``, ``kl_div``.
+        One of crossent's losses, as for :func:`value_and_grad`.
+    argnums : int or tuple of int, default 0
+        As for :func:`value_and_grad`.
 
     Returns
     -------
     callable
-        Takes the arguments of ``fn`` and returns the gradient.
+        Takes the arguments of ``fn`` and returns the gradient (a tuple of them for a tuple
+        ``argnums``).
 
     Raises
     ------
-    TypeError
-        If ``fn`` is not one of crossent's losses.
+    TypeError, ValueError
+        As :func:`value_and_grad`.
 
     See Also
     --------
@@ -210,10 +291,10 @@ def grad(fn: Callable[..., Array]) -> Callable[..., Array]:
     >>> bool(loss < 0.1)
     True
     """
-    loss_and_gradient = value_and_grad(fn)
+    loss_and_gradient = value_and_grad(fn, argnums)
 
     @functools.wraps(loss_and_gradient)
-    def gradient(*args: Any, **kwargs: Any) -> Array:
+    def gradient(*args: Any, **kwargs: Any) -> Any:
         return loss_and_gradient(*args, **kwargs)[1]
 
     gradient.__name__ = f"grad_{fn.__name__}"

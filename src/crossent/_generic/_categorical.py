@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from array_api_compat import device
 
 from .._typing import Array, Namespace
-from .._validation import outside_unit_interval
+from .._validation import num_elements, outside_unit_interval
 from ._arrays import take_along_last
 from ._problems import Classes, Pass
 from ._stable import clip_probs, mark_bad, safe_log, stable_max
@@ -32,6 +32,7 @@ __all__ = [
     "nll_loss",
     "nll_loss_pass",
     "nll_loss_value_and_grad",
+    "pick_classes",
     "picks",
     "take_class",
 ]
@@ -60,21 +61,35 @@ class Picks:
 
 
 def picks(p: Classes) -> Picks:
-    xp, t = p.xp, p.target
-    dtype = p.compute_dtype
-    kept = t != p.ignore_index
-    in_range = (t >= 0) & (t < p.num_classes)
+    return pick_classes(
+        p.xp, p.target, p.num_classes, p.weight, p.ignore_index, p.eager, p.compute_dtype
+    )
+
+
+def pick_classes(
+    xp: Namespace,
+    t: Array,
+    num_classes: int,
+    weight: Array | None,
+    ignore_index: int,
+    eager: bool,
+    dtype: object,
+) -> Picks:
+    """What the class indices ``t`` pick, over ``num_classes`` classes weighted by ``weight``
+    (or None), in the compute ``dtype``."""
+    kept = t != ignore_index
+    in_range = (t >= 0) & (t < num_classes)
     # Clamped before gathering: torch's take_along_axis rejects -100, JAX's clips silently.
     index = xp.where(in_range, t, 0)
-    if p.weight is None:
-        weight = xp.astype(kept, dtype)
-    elif p.num_positions == 0:  # Dask cannot reshape an empty array of several chunks
-        weight = xp.zeros(tuple(t.shape), dtype=dtype, device=device(t))
+    if weight is None:
+        position_weight = xp.astype(kept, dtype)
+    elif num_elements(t.shape) == 0:  # Dask cannot reshape an empty array of several chunks
+        position_weight = xp.zeros(tuple(t.shape), dtype=dtype, device=device(t))
     else:
-        gathered = xp.take(p.weight, xp.reshape(index, (-1,)), axis=0)
-        weight = xp.where(kept, xp.reshape(gathered, tuple(t.shape)), 0.0)
-    bad = None if p.eager else kept & ~in_range
-    return Picks(index=index, kept=kept, weight=weight, bad=bad)
+        gathered = xp.take(weight, xp.reshape(index, (-1,)), axis=0)
+        position_weight = xp.where(kept, xp.reshape(gathered, tuple(t.shape)), 0.0)
+    bad = None if eager else kept & ~in_range
+    return Picks(index=index, kept=kept, weight=position_weight, bad=bad)
 
 
 def take_class(xp: Namespace, x: Array, index: Array) -> Array:

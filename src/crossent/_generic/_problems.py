@@ -27,7 +27,15 @@ from .._validation import (
 )
 from ._arrays import as_array, is_eager
 
-__all__ = ["Classes", "Pass", "Pointwise", "Problem", "prepare_classes", "prepare_pointwise"]
+__all__ = [
+    "Classes",
+    "Pass",
+    "Pointwise",
+    "Problem",
+    "as_default_integer",
+    "prepare_classes",
+    "prepare_pointwise",
+]
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,7 @@ def prepare_classes(
                 f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
                 f"{pred_name} {shape_str(shape)} without class axis {axis}"
             )
-        target = _as_default_integer(xp, target, num_classes, ignore_index, eager)
+        target = as_default_integer(xp, target, num_classes, ignore_index, eager)
     elif probability_target and xp.isdtype(target.dtype, "real floating"):
         if tuple(target.shape) != shape:
             raise ValueError(
@@ -253,7 +261,7 @@ def prepare_classes(
     return problem
 
 
-def _as_default_integer(
+def as_default_integer(
     xp: Namespace, target: Array, num_classes: int, ignore_index: int, eager: bool
 ) -> Array:
     """The target in the namespace's default integer dtype, which every backend gathers with

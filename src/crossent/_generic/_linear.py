@@ -1,0 +1,277 @@
+"""The cross-entropy of a linear layer, ``cross_entropy(hidden @ weight.T + bias, target)``,
+computed a chunk of positions at a time so that the logits are never made whole.
+
+For ``N`` positions and ``V`` classes the logits are ``N x V``: for a language model's
+vocabulary the largest array of a training step. Here the positions go through in chunks of
+``chunk_size`` rows: each chunk's logits are made, turned into the chunk's losses and (when
+asked) into the gradient with respect to them, which is multiplied straight into the chunk's
+share of the three gradients,
+
+.. math::
+
+    \\partial h_c = G_c W, \\qquad \\partial W \\mathrel{+}= G_c^\\top h_c, \\qquad
+    \\partial b \\mathrel{+}= \\textstyle\\sum_n G_{c, n},
+
+and dropped. Each logit is computed once: the work is that of the dense computation, and the
+largest temporary is one chunk of logits. The per-chunk math is the generic cross-entropy's own
+(:func:`._categorical.cross_entropy_pass`) on a :class:`~._problems.Classes` of the chunk.
+
+The functions here are what the dispatcher runs where no kernel replaces them; the kernels
+(``crossent._backends``) reuse :func:`chunk_pass` and :func:`chunk_gradients` inside their own
+loops (in place for NumPy, ``addmm_`` for torch, ``lax.scan`` for JAX).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from array_api_compat import device
+
+from .._typing import Array, DType, Namespace
+from ._categorical import Picks, cross_entropy_pass, pick_classes
+from ._problems import Classes, Pass, Problem
+
+__all__ = [
+    "CHUNK_BYTES",
+    "Linear",
+    "chunk_gradients",
+    "chunk_pass",
+    "default_chunk_size",
+    "gradient_factor",
+    "linear_cross_entropy",
+    "linear_cross_entropy_value_and_grad",
+]
+
+#: The automatic chunk's logits, in the compute dtype, take at most this many bytes (one row
+#: of logits when a row is larger).
+CHUNK_BYTES = 32 * 2**20
+
+
+def default_chunk_size(xp: Namespace, num_classes: int, dtype: DType) -> int:
+    """Rows per chunk when the caller gives none: as many as :data:`CHUNK_BYTES` of logits in
+    the compute ``dtype`` hold, at least one."""
+    itemsize = xp.finfo(dtype).bits // 8
+    return max(1, CHUNK_BYTES // max(1, num_classes * itemsize))
+
+
+#: Which gradients to compute: of ``hidden``, of ``weight``, of ``bias``.
+Wanted = tuple[bool, bool, bool]
+
+
+@dataclass(frozen=True)
+class Linear(Problem):
+    """One call of ``linear_cross_entropy``, checked, with the positions flattened."""
+
+    #: ``(N, D)``: the positions' features, in the caller's dtype.
+    hidden: Array
+    #: ``(V, D)``: one row per class, the layout of ``torch.nn.Linear.weight``.
+    weight: Array
+    #: ``(V,)`` or None.
+    bias: Array | None
+    #: Class indices ``(N,)`` in the default integer dtype, or class probabilities ``(N, V)``
+    #: in the compute dtype.
+    target: Array
+    #: One weight per class ``(V,)`` in the compute dtype, or None.
+    class_weight: Array | None
+    ignore_index: int
+    #: Rows of logits made at a time.
+    chunk_size: int
+    #: The caller's ``hidden.shape``: the positions' shape, then ``D``.
+    hidden_shape: tuple[int, ...]
+
+    @property
+    def index_target(self) -> bool:
+        return bool(self.xp.isdtype(self.target.dtype, "integral"))
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.hidden.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    def count(self) -> int:
+        return self.num_positions
+
+    def finish(self, out: Array) -> Array:
+        """A loss of the positions' shape (or 0-d), in the caller's dtype."""
+        if len(out.shape) == 1:
+            out = self.xp.reshape(out, self.hidden_shape[:-1])
+        return super().finish(out)
+
+    def spans(self) -> list[tuple[int, int]]:
+        """The chunks, as ``(start, stop)`` rows."""
+        n, size = self.num_positions, self.chunk_size
+        return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def logits(self, hidden: Array) -> Array:
+        """``hidden @ weight.T + bias`` of a chunk: the product in the caller's dtype (as the
+        dense computation rounds it), then in the compute dtype."""
+        xp = self.xp
+        out = xp.matmul(hidden, xp.permute_dims(self.weight, (1, 0)))
+        if self.bias is not None:
+            out = out + self.bias
+        return xp.astype(out, self.compute_dtype, copy=False)
+
+    def chunk(self, logits: Array, target: Array) -> Classes:
+        """The cross-entropy problem of one chunk: its logits and its rows of the target."""
+        return Classes(
+            xp=self.xp,
+            reduction="sum",
+            dtype=self.compute_dtype,
+            eager=self.eager,
+            predictions=logits,
+            target=target,
+            weight=self.class_weight,
+            ignore_index=self.ignore_index,
+            axis=1,
+        )
+
+    def picks(self) -> Picks:
+        """What the class indices pick, over every position."""
+        return pick_classes(
+            self.xp,
+            self.target,
+            self.num_classes,
+            self.class_weight,
+            self.ignore_index,
+            self.eager,
+            self.compute_dtype,
+        )
+
+    def denominator(self) -> Array | None:
+        """What ``"mean"`` divides by: the kept positions' total weight for class indices,
+        None (the number of positions) for class probabilities."""
+        return self.xp.sum(self.picks().weight) if self.index_target else None
+
+
+def gradient_factor(p: Linear) -> Array | float | None:
+    """What the gradient of each position's loss is multiplied by for the reduction: None for
+    ``"sum"`` and ``"none"`` (the gradient of the summed loss); for ``"mean"``, ``1 / N`` with
+    class probabilities, and with class indices torch's ``1 / W`` at kept positions and 0 at
+    ignored ones (NaN at kept ones where the total weight ``W`` is 0)."""
+    if p.reduction != "mean":
+        return None
+    if not p.index_target:
+        return 1.0 / p.num_positions if p.num_positions else float("nan")
+    xp, pick = p.xp, p.picks()
+    total = xp.sum(pick.weight)
+    empty = total == 0
+    inverse = xp.where(empty, xp.nan, 1.0 / xp.where(empty, 1.0, total))
+    return xp.where(pick.kept, inverse, 0.0)
+
+
+def chunk_pass(
+    p: Linear,
+    smoothing: float,
+    hidden: Array,
+    target: Array,
+    factor: Array | float | None,
+    *,
+    gradient: bool,
+) -> tuple[Array, Array | None]:
+    """The losses of one chunk of positions (rows ``hidden`` and ``target``) and, with
+    ``gradient``, the gradient of their sum with respect to the chunk's logits, each row
+    multiplied by its ``factor`` (an array of the chunk's rows, a number, or None for 1)."""
+    xp = p.xp
+    result = cross_entropy_pass(p.chunk(p.logits(hidden), target), smoothing, gradient=gradient)
+    g = result.gradient
+    if g is not None and factor is not None:
+        g = g * (factor[:, None] if not isinstance(factor, float) else factor)
+    return result.loss, None if g is None else xp.astype(g, p.compute_dtype, copy=False)
+
+
+def chunk_gradients(
+    p: Linear, g: Array, hidden: Array, wanted: Wanted
+) -> tuple[Array | None, Array | None, Array | None]:
+    """A chunk's share of the three gradients, from ``g``, the gradient with respect to its
+    logits: ``g @ weight`` (its rows of the hidden gradient, in the caller's dtype),
+    ``g.T @ hidden`` and ``sum(g)`` (to be added up over the chunks, in the compute dtype)."""
+    xp = p.xp
+    d_hidden = d_weight = d_bias = None
+    if wanted[0]:
+        d_hidden = xp.matmul(xp.astype(g, p.dtype, copy=False), p.weight)
+    if wanted[1]:
+        rows = xp.astype(hidden, p.compute_dtype, copy=False)
+        d_weight = xp.matmul(xp.permute_dims(g, (1, 0)), rows)
+    if wanted[2]:
+        d_bias = xp.sum(g, axis=0)
+    return d_hidden, d_weight, d_bias
+
+
+def _rows(p: Linear, start: int, stop: int) -> tuple[Array, Array]:
+    return p.hidden[start:stop, ...], p.target[start:stop, ...]
+
+
+def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
+    losses = [
+        chunk_pass(p, smoothing, *_rows(p, start, stop), None, gradient=False)[0]
+        for start, stop in p.spans()
+    ]
+    return p.reduce(Pass(_join(p, losses), p.denominator()))
+
+
+def linear_cross_entropy_value_and_grad(
+    p: Linear, smoothing: float, wanted: Wanted, upstream: Array | None = None
+) -> tuple[Array, tuple[Array | None, Array | None, Array | None]]:
+    """The reduced loss and the gradients of ``hidden``, ``weight`` and ``bias`` that
+    ``wanted`` asks for (None for the others), in the caller's shapes and dtype.
+
+    ``upstream``, one number per position, multiplies each position's gradient (the
+    gradient of ``reduction="none"`` that reaches autodiff); without it the gradient is that of
+    the reduced loss (for ``"none"``, of the summed loss).
+    """
+    xp = p.xp
+    factor = gradient_factor(p) if upstream is None else upstream
+    losses, d_hidden = [], []
+    d_weight = d_bias = None
+    for start, stop in p.spans():
+        hidden, target = _rows(p, start, stop)
+        rows = factor[start:stop] if factor is not None and not isinstance(factor, float) else factor
+        loss, g = chunk_pass(p, smoothing, hidden, target, rows, gradient=True)
+        assert g is not None
+        losses.append(loss)
+        dh, dw, db = chunk_gradients(p, g, hidden, wanted)
+        if dh is not None:
+            d_hidden.append(dh)
+        if dw is not None:
+            d_weight = dw if d_weight is None else d_weight + dw
+        if db is not None:
+            d_bias = db if d_bias is None else d_bias + db
+    value = p.reduce(Pass(_join(p, losses), p.denominator()))
+    return value, finish_gradients(p, wanted, _join(p, d_hidden, 2), d_weight, d_bias)
+
+
+def finish_gradients(
+    p: Linear,
+    wanted: Wanted,
+    d_hidden: Array | None,
+    d_weight: Array | None,
+    d_bias: Array | None,
+) -> tuple[Array | None, Array | None, Array | None]:
+    """The gradients in the caller's shapes and dtype; zeros where there were no positions."""
+    xp = p.xp
+    v, d = (int(s) for s in p.weight.shape)
+    out: list[Array | None] = []
+    for want, grad, shape in (
+        (wanted[0], d_hidden, p.hidden_shape),
+        (wanted[1], d_weight, (v, d)),
+        (wanted[2] and p.bias is not None, d_bias, (v,)),
+    ):
+        if not want:
+            out.append(None)
+            continue
+        if grad is None:
+            grad = xp.zeros(shape, dtype=p.dtype, device=device(p.hidden))
+        out.append(xp.astype(xp.reshape(grad, shape), p.dtype, copy=False))
+    return out[0], out[1], out[2]
+
+
+def _join(p: Linear, parts: list[Array], ndim: int = 1) -> Array:
+    """The chunks' rows as one array (an empty one where there are none)."""
+    xp = p.xp
+    if not parts:
+        shape = (0,) if ndim == 1 else (0, int(p.weight.shape[1]))
+        return xp.zeros(shape, dtype=p.compute_dtype, device=device(p.hidden))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)

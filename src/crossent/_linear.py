@@ -1,0 +1,250 @@
+"""The cross-entropy of a linear layer, without making its logits."""
+
+from __future__ import annotations
+
+from ._dispatch import dispatch, public_function
+from ._generic import _linear as generic
+from ._generic._arrays import is_eager
+from ._generic._linear import Linear, default_chunk_size
+from ._generic._problems import as_default_integer
+from ._typing import Array
+from ._validation import (
+    check_class_indices,
+    check_index,
+    check_int,
+    check_real_floating,
+    check_reduction,
+    check_unit_interval,
+    compute_dtype,
+    get_namespace,
+    num_elements,
+    shape_str,
+)
+
+__all__ = ["linear_cross_entropy"]
+
+
+@public_function(generic.linear_cross_entropy)
+def linear_cross_entropy(
+    hidden: Array,
+    weight: Array,
+    target: Array,
+    bias: Array | None = None,
+    *,
+    class_weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+) -> Array:
+    r"""Cross-entropy of the logits of a linear layer, computed without making the logits.
+
+    The value is that of the dense computation,
+
+    .. math::
+
+        \operatorname{cross\_entropy}(h W^\top + b,\ y), \qquad
+        h \in \mathbb{R}^{N \times D},\ W \in \mathbb{R}^{V \times D},\ b \in \mathbb{R}^V,
+
+    with every option of :func:`cross_entropy` (``class_weight`` is its ``weight``), but the
+    ``N x V`` logits are never held at once: the positions go through in chunks of
+    ``chunk_size`` rows, whose logits, losses and gradients are made and dropped in turn. For
+    16,384 tokens and a vocabulary of 256k, the logits alone would take 16 GiB in float32; a
+    chunk takes 32 MiB. Each logit is computed once, as in the dense computation.
+
+    Gradients with respect to ``hidden``, ``weight`` and ``bias`` never make the logits either:
+    ``loss.backward()`` on torch, ``jax.grad`` on JAX (under ``jit`` and ``vmap`` too), and on
+    every backend ``crossent.value_and_grad(linear_cross_entropy, argnums=(0, 1, 3))``.
+
+    Parameters
+    ----------
+    hidden : array
+        The features of each position, shape ``(..., D)``, real floating.
+    weight : array
+        The classes' weights, shape ``(V, D)``: the layout of ``torch.nn.Linear.weight``. Same
+        dtype as ``hidden``.
+    target : array
+        Class indices (integer dtype), shape ``hidden.shape[:-1]``; or class probabilities
+        (floating dtype), shape ``hidden.shape[:-1] + (V,)``, which the chunks read row by row
+        (such a target is as large as the logits would be).
+    bias : array, optional
+        One bias per class, shape ``(V,)``, dtype of ``hidden``.
+    class_weight : array, optional
+        One non-negative weight per class, shape ``(V,)``: :func:`cross_entropy`'s ``weight``.
+    ignore_index : int, default -100
+        A class index whose positions contribute nothing, to the loss or to the ``"mean"``
+        denominator. Not used with class probabilities.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As in :func:`cross_entropy`.
+    label_smoothing : float in [0, 1], default 0.0
+        As in :func:`cross_entropy`.
+    chunk_size : int, optional
+        Positions whose logits are made at a time. By default, as many as 32 MiB of logits in
+        the compute dtype hold (at least one): 262 positions for ``V = 32000`` in float32.
+        The largest temporary is a few arrays of ``chunk_size x V``.
+
+    Returns
+    -------
+    array
+        Of ``hidden``'s library, device and dtype: shape ``hidden.shape[:-1]`` for
+        ``reduction="none"``, else 0-d.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array of ``hidden``'s library, or has the wrong dtype.
+    ValueError
+        If shapes do not fit (each shape is named), an option is out of its set, or (eager
+        arrays only) a class index is outside ``[0, V)`` and is not ``ignore_index``; on lazy
+        arrays such a position gives NaN.
+
+    See Also
+    --------
+    cross_entropy : The same loss, of logits that exist.
+    value_and_grad : The loss and its gradients, with ``argnums``.
+
+    Notes
+    -----
+    **Shape.** ``hidden`` ``(..., D)``, ``weight`` ``(V, D)``, ``bias`` ``(V,)``; ``target``
+    of class indices ``hidden.shape[:-1]``, of class probabilities ``hidden.shape[:-1] +
+    (V,)``; output ``hidden.shape[:-1]`` for ``reduction="none"``, ``()`` otherwise.
+
+    float16 and bfloat16: the products ``h W^T`` are made in the input dtype, rounded as the
+    dense computation rounds them; the log-sum-exp and every sum are float32, and the result is
+    returned in the input dtype. The gradient of ``weight`` is summed over the chunks in
+    float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import cross_entropy, linear_cross_entropy
+    >>> rng = np.random.default_rng(0)
+    >>> hidden = rng.standard_normal((6, 4))
+    >>> weight = rng.standard_normal((10, 4))
+    >>> target = np.array([1, 4, 9, 0, -100, 3])
+    >>> loss = linear_cross_entropy(hidden, weight, target, chunk_size=4)
+    >>> bool(np.isclose(loss, cross_entropy(hidden @ weight.T, target)))
+    True
+    """
+    p, options = prepare_linear_cross_entropy(
+        hidden,
+        weight,
+        target,
+        bias,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        chunk_size=chunk_size,
+    )
+    return dispatch(p.xp, generic.linear_cross_entropy, p, *options)
+
+
+def prepare_linear_cross_entropy(
+    hidden: Array,
+    weight: Array,
+    target: Array,
+    bias: Array | None = None,
+    *,
+    class_weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    chunk_size: int | None,
+) -> tuple[Linear, tuple[float]]:
+    """The checked arguments of :func:`linear_cross_entropy`: the problem and its options."""
+    xp = get_namespace(
+        ("hidden", hidden),
+        ("weight", weight),
+        ("target", target),
+        ("bias", bias),
+        ("class_weight", class_weight),
+    )
+    check_real_floating(xp, "hidden", hidden)
+    for name, x in (("weight", weight), ("bias", bias)):
+        if x is None:
+            continue
+        check_real_floating(xp, name, x)
+        if x.dtype != hidden.dtype:
+            raise TypeError(
+                f"{name} has dtype {x.dtype}, expected {hidden.dtype}, the dtype of hidden"
+            )
+    reduction = check_reduction(reduction)
+    ignore_index = check_index("ignore_index", ignore_index)
+    smoothing = check_unit_interval("label_smoothing", label_smoothing)
+
+    shape = tuple(hidden.shape)
+    if len(shape) == 0:
+        raise ValueError("hidden must have at least one dimension, the features; got shape ()")
+    features = shape[-1]
+    if len(weight.shape) != 2 or weight.shape[1] != features:
+        raise ValueError(
+            f"weight has shape {shape_str(weight.shape)}, expected (V, {features}): one row of "
+            f"{features} features per class, for hidden {shape_str(shape)}"
+        )
+    num_classes = int(weight.shape[0])
+    if num_classes == 0:
+        raise ValueError(f"weight of shape {shape_str(weight.shape)} has no classes (V = 0)")
+    if bias is not None and tuple(bias.shape) != (num_classes,):
+        raise ValueError(
+            f"bias has shape {shape_str(bias.shape)}, expected ({num_classes},): one bias per "
+            f"class of weight {shape_str(weight.shape)}"
+        )
+    dtype = compute_dtype(xp, hidden.dtype)
+    positions = shape[:-1]
+    eager = is_eager(hidden, weight, target, bias, class_weight)
+    if xp.isdtype(target.dtype, "integral"):
+        if tuple(target.shape) != positions:
+            raise ValueError(
+                f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
+                f"hidden {shape_str(shape)} without its last axis"
+            )
+        target = as_default_integer(xp, target, num_classes, ignore_index, eager)
+        flat_target = xp.reshape(target, (-1,))
+    elif xp.isdtype(target.dtype, "real floating"):
+        expected = (*positions, num_classes)
+        if tuple(target.shape) != expected:
+            raise ValueError(
+                f"target of class probabilities has shape {shape_str(target.shape)}, expected "
+                f"{shape_str(expected)}: hidden {shape_str(shape)} without its last axis, then "
+                f"the {num_classes} classes of weight (class indices would have shape "
+                f"{shape_str(positions)})"
+            )
+        flat_target = xp.reshape(xp.astype(target, dtype, copy=False), (-1, num_classes))
+    else:
+        raise TypeError(
+            "target must hold class indices (an integer dtype) or class probabilities "
+            f"(a real floating dtype), got {target.dtype}"
+        )
+    if class_weight is not None:
+        check_real_floating(xp, "class_weight", class_weight)
+        if tuple(class_weight.shape) != (num_classes,):
+            raise ValueError(
+                f"class_weight has shape {shape_str(class_weight.shape)}, expected "
+                f"({num_classes},): one weight per class of weight {shape_str(weight.shape)}"
+            )
+        class_weight = xp.astype(class_weight, dtype, copy=False)
+    if chunk_size is None:
+        rows = default_chunk_size(xp, num_classes, dtype)
+    else:
+        rows = check_int("chunk_size", chunk_size)
+        if rows < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {rows}")
+
+    problem = Linear(
+        xp=xp,
+        reduction=reduction,
+        dtype=hidden.dtype,
+        eager=eager,
+        hidden=xp.reshape(hidden, (num_elements(positions), features)),
+        weight=weight,
+        bias=bias,
+        target=flat_target,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        chunk_size=rows,
+        hidden_shape=shape,
+    )
+    if eager and problem.index_target:
+        check_class_indices(xp, flat_target, num_classes, ignore_index)
+    return problem, (smoothing,)
