@@ -250,7 +250,12 @@ def lazy(xp: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             def built(*args: Any, **kwargs: Any) -> Any:
                 with dask.config.set(scheduler=_forbid_compute):
                     out = func(*args, **kwargs)
-                for array in out if isinstance(out, tuple) else (out,):
+                pending = [out]
+                while pending:  # a result, or nested tuples of them
+                    array = pending.pop()
+                    if isinstance(array, tuple):
+                        pending.extend(array)
+                        continue
                     assert is_dask_array(array), f"expected a Dask array, got {type(array)}"
                 return out
 

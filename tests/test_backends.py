@@ -23,7 +23,7 @@ from conftest import to_numpy
 import crossent
 from crossent import _dispatch
 from crossent._dispatch import PUBLIC_FUNCTIONS, generic_only, kernels
-from crossent._generic import _binary, _categorical, _divergence, _softmax
+from crossent._generic import _binary, _categorical, _divergence, _linear, _softmax
 from crossent._gradients import ANALYTIC
 
 #: float16 is computed in float32 on both paths: they may round apart by one unit
@@ -119,7 +119,12 @@ def test_blocked_kernel_equals_generic_path_on_large_inputs(
 #: The kernels each backend must have: losing one (a renamed generic function, a table entry
 #: dropped) fails here instead of silently taking the generic path.
 EXPECTED_KERNELS = {
-    "numpy": {_categorical.cross_entropy, _categorical.cross_entropy_value_and_grad},
+    "numpy": {
+        _categorical.cross_entropy,
+        _categorical.cross_entropy_value_and_grad,
+        _linear.linear_cross_entropy,
+        _linear.linear_cross_entropy_value_and_grad,
+    },
     "torch": {
         _softmax.logsumexp,
         _softmax.softmax,
@@ -129,6 +134,8 @@ EXPECTED_KERNELS = {
         _categorical.nll_loss,
         _binary.binary_cross_entropy,
         _binary.binary_cross_entropy_with_logits,
+        _linear.linear_cross_entropy,
+        _linear.linear_cross_entropy_value_and_grad,
     },
     "jax": {
         _categorical.cross_entropy,
@@ -137,6 +144,8 @@ EXPECTED_KERNELS = {
         _binary.binary_cross_entropy,
         _binary.binary_cross_entropy_with_logits,
         _divergence.kl_div,
+        _linear.linear_cross_entropy,
+        _linear.linear_cross_entropy_value_and_grad,
     },
 }
 
@@ -236,6 +245,7 @@ def test_each_public_function_dispatches_its_generic_function(generic, monkeypat
         "binary_cross_entropy": (probs, probs),
         "binary_cross_entropy_with_logits": (probs, probs),
         "kl_div": (np.log(probs), probs),
+        "linear_cross_entropy": (probs, probs, np.array([0, 1])),
     }
     func(*arguments[func.__name__])
     assert asked == [generic]

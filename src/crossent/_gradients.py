@@ -93,9 +93,7 @@ def _argument_names(
 ) -> tuple[str, ...]:
     """The names of the arguments that ``argnums`` picks, checked."""
     numbers = argnums if isinstance(argnums, tuple) else (argnums,)
-    if not numbers or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in numbers
-    ):
+    if not numbers or not all(isinstance(i, int) and not isinstance(i, bool) for i in numbers):
         raise TypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
     positional = [
         p.name
@@ -218,9 +216,7 @@ def value_and_grad(
         if not several:
             value, gradient = dispatch(problem.xp, analytic.value_and_grad, problem, *options)
             return value, gradient if isinstance(argnums, int) else (gradient,)
-        value, gradients = dispatch(
-            problem.xp, analytic.value_and_grad, problem, *options, wanted
-        )
+        value, gradients = dispatch(problem.xp, analytic.value_and_grad, problem, *options, wanted)
         found = dict(zip(analytic.arguments, gradients, strict=True))
         for n in chosen:
             if found[n] is None:
@@ -238,9 +234,7 @@ def value_and_grad(
     return loss_and_gradient
 
 
-def grad(
-    fn: Callable[..., Array], argnums: int | tuple[int, ...] = 0
-) -> Callable[..., Any]:
+def grad(fn: Callable[..., Array], argnums: int | tuple[int, ...] = 0) -> Callable[..., Any]:
     """Make a function that returns the gradient of a loss, computed analytically.
 
     ``grad(fn, argnums)(*args, **kwargs)`` is ``value_and_grad(fn, argnums)(*args,

@@ -50,7 +50,7 @@ def linear_cross_entropy(
     ``N x V`` logits are never held at once: the positions go through in chunks of
     ``chunk_size`` rows, whose logits, losses and gradients are made and dropped in turn. For
     16,384 tokens and a vocabulary of 256k, the logits alone would take 16 GiB in float32; a
-    chunk takes 32 MiB. Each logit is computed once, as in the dense computation.
+    chunk at most 32 MiB. Each logit is computed once, as in the dense computation.
 
     Gradients with respect to ``hidden``, ``weight`` and ``bias`` never make the logits either:
     ``loss.backward()`` on torch, ``jax.grad`` on JAX (under ``jit`` and ``vmap`` too), and on
@@ -79,9 +79,10 @@ def linear_cross_entropy(
     label_smoothing : float in [0, 1], default 0.0
         As in :func:`cross_entropy`.
     chunk_size : int, optional
-        Positions whose logits are made at a time. By default, as many as 32 MiB of logits in
-        the compute dtype hold (at least one): 262 positions for ``V = 32000`` in float32.
-        The largest temporary is a few arrays of ``chunk_size x V``.
+        Positions whose logits are made at a time. By default the chunk's logits, in the
+        compute dtype, take 1/64 of the bytes of the dense logits, within 4 and 32 MiB (at least
+        one position): 64 positions of 4096 for ``V = 32000`` in float32, 32 of 2048 for
+        ``V = 128000``. The largest temporaries are one or two arrays of ``chunk_size x V``.
 
     Returns
     -------
@@ -225,7 +226,7 @@ def prepare_linear_cross_entropy(
             )
         class_weight = xp.astype(class_weight, dtype, copy=False)
     if chunk_size is None:
-        rows = default_chunk_size(xp, num_classes, dtype)
+        rows = default_chunk_size(xp, num_elements(positions), num_classes, dtype)
     else:
         rows = check_int("chunk_size", chunk_size)
         if rows < 1:

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from .._generic import _binary, _categorical, _divergence
-from .._generic._problems import Classes, Pointwise, Problem
+from .._generic import _binary, _categorical, _divergence, _linear
+from .._generic._linear import Linear
+from .._generic._problems import Classes, Pass, Pointwise, Problem
 from .._typing import Array
 
 __all__ = ["KERNELS"]
@@ -109,6 +110,162 @@ def _differentiable(x: Array | None) -> bool:
     return x is not None and jnp.issubdtype(x.dtype, jnp.floating)
 
 
+# --- linear_cross_entropy ---------------------------------------------------------------------
+
+
+def _linear_scan(
+    p: Linear,
+    smoothing: float,
+    wanted: tuple[bool, bool, bool],
+    factor: Array | float | None,
+) -> tuple[Array, Array | None, Array | None, Array | None]:
+    """Every chunk of positions, in a ``lax.scan``: the losses, and with ``wanted`` the
+    gradients (hidden's rows as the scan's output, weight's and bias's summed in its carry)."""
+    n, d = p.hidden.shape
+    v = p.num_classes
+    compute = p.compute_dtype
+    gradient = any(wanted)
+    sum_weight = gradient and wanted[1]
+    sum_bias = gradient and wanted[2] and p.bias is not None
+    per_row = factor is not None and not isinstance(factor, float)
+
+    def step(carry: Any, rows: Any) -> tuple[Any, Any]:
+        d_weight, d_bias = carry
+        hidden, target, f = rows
+        loss, g = _linear.chunk_pass(
+            p, smoothing, hidden, target, f if per_row else factor, gradient=gradient
+        )
+        if g is None:
+            return carry, (loss, None)
+        dh, _, db = _linear.chunk_gradients(p, g, hidden, (wanted[0], False, sum_bias))
+        if sum_weight:
+            d_weight = _add_weight_gradient(d_weight, g, hidden.astype(compute))
+        if db is not None:
+            d_bias = d_bias + db
+        return (d_weight, d_bias), (loss, dh)
+
+    carry = (
+        jnp.zeros((v, d), compute) if sum_weight else None,
+        jnp.zeros((v,), compute) if sum_bias else None,
+    )
+    if n == 0:
+        empty = jnp.zeros((0, d), p.dtype) if gradient and wanted[0] else None
+        return jnp.zeros((0,), compute), empty, carry[0], carry[1]
+    # Chunks of equal size, the last padded with positions that count for nothing (an ignored
+    # class index; a zero target and a zero factor), whose losses are dropped: one loop, and
+    # its buffers serve every chunk.
+    count = -(-n // p.chunk_size)
+    size = -(-n // count)
+    pad = count * size - n
+    ignored = p.ignore_index if p.index_target else 0
+    if pad and not p.index_target and gradient:
+        # a smoothed zero target is no longer zero: the padding's gradient is multiplied by 0
+        factor = jnp.full((n,), 1.0 if factor is None else factor, compute)
+        per_row = True
+    rows = (p.hidden, p.target, factor if per_row else None)
+    fill = (0, ignored, 0)
+
+    def chunked(x: Array | None, value: Any) -> Array | None:
+        if x is None:
+            return None
+        if pad:
+            widths = [(0, pad)] + [(0, 0)] * (x.ndim - 1)
+            x = jnp.pad(x, widths, constant_values=jnp.asarray(value, x.dtype))
+        return x.reshape(count, size, *x.shape[1:])
+
+    carry, (loss, dh) = jax.lax.scan(
+        step, carry, tuple(chunked(x, f) for x, f in zip(rows, fill, strict=True))
+    )
+    loss_all = loss.reshape(count * size)[:n]
+    dh_all = None if dh is None else dh.reshape(count * size, d)[:n]
+    return loss_all, dh_all, carry[0], carry[1]
+
+
+def _add_weight_gradient(d_weight: Array, g: Array, hidden: Array) -> Array:
+    """``d_weight + g.T @ hidden``, a slice of classes at a time (each a quarter of the chunk's
+    size): XLA updates the sum in place, where the whole product would be a temporary of the
+    weight's size, the largest of the step."""
+    v, d = d_weight.shape
+    size = max(1, min(v, g.size // 4 // max(d, 1)))
+    whole = v // size * size
+
+    def add(start: Any, total: Array, width: int) -> Array:
+        part = jax.lax.dynamic_slice_in_dim(g, start, width, axis=1)
+        current = jax.lax.dynamic_slice_in_dim(total, start, width, axis=0)
+        return jax.lax.dynamic_update_slice_in_dim(total, current + part.T @ hidden, start, 0)
+
+    d_weight = jax.lax.fori_loop(0, v // size, lambda i, t: add(i * size, t, size), d_weight)
+    if whole < v:
+        d_weight = add(whole, d_weight, v - whole)
+    return d_weight
+
+
+def _linear_problem(p: Linear, arrays: tuple[Any, ...]) -> Linear:
+    hidden, weight, bias, target, class_weight = arrays
+    return dataclasses.replace(
+        p, hidden=hidden, weight=weight, bias=bias, target=target, class_weight=class_weight
+    )
+
+
+def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
+    """The scan of chunks in a ``jax.custom_vjp``: with a scalar reduction the forward pass of
+    ``jax.grad`` computes the gradients from the logits it makes anyway, and the backward pass
+    scales them; with ``reduction="none"`` the backward pass makes each chunk's logits again,
+    times its positions' upstream gradients. Only the arguments that ``jax.grad`` asks for
+    get a gradient computed (``symbolic_zeros``)."""
+
+    def value(q: Linear) -> Array:
+        return q.reduce(Pass(_linear_scan(q, smoothing, _NONE, None)[0], q.denominator()))
+
+    @jax.custom_vjp
+    def compute(*arrays: Any) -> Array:
+        return value(_linear_problem(p, arrays))
+
+    def forward(*primals: Any) -> tuple[Array, Any]:
+        arrays = tuple(None if x is None else x.value for x in primals)
+        moved = tuple(x is not None and x.perturbed for x in primals)
+        if moved[3] or moved[4]:
+            raise TypeError(
+                "linear_cross_entropy is differentiated in hidden, weight and bias only, not "
+                "in its target or class_weight; wrap those in jax.lax.stop_gradient"
+            )
+        q = _linear_problem(p, arrays)
+        wanted = (moved[0], moved[1], moved[2])
+        if q.reduction == "none" or not any(wanted):
+            return value(q), (arrays, wanted, None)
+        losses, *gradients = _linear_scan(q, smoothing, wanted, _linear.gradient_factor(q))
+        return q.reduce(Pass(losses, q.denominator())), (arrays, wanted, gradients)
+
+    def backward(residuals: Any, upstream: Array) -> tuple[Any, ...]:
+        arrays, wanted, gradients = residuals
+        q = _linear_problem(p, arrays)
+        if gradients is None:
+            factor = upstream.reshape(-1).astype(q.compute_dtype)
+            _, *gradients = _linear_scan(q, smoothing, wanted, factor)
+        else:
+            scale = upstream.astype(q.compute_dtype)
+            gradients = [None if g is None else g * scale for g in gradients]
+        d_hidden, d_weight, d_bias = _linear.finish_gradients(q, wanted, *gradients)
+        if d_hidden is not None:  # the flattened positions this function was given
+            d_hidden = d_hidden.reshape(q.hidden.shape)
+        return d_hidden, d_weight, d_bias, None, None
+
+    compute.defvjp(forward, backward, symbolic_zeros=True)
+    out: Array = compute(p.hidden, p.weight, p.bias, p.target, p.class_weight)
+    return out
+
+
+_NONE = (False, False, False)
+
+
+def linear_cross_entropy_value_and_grad(
+    p: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
+) -> tuple[Array, tuple[Array | None, ...]]:
+    losses, *gradients = _linear_scan(p, smoothing, wanted, _linear.gradient_factor(p))
+    value = p.reduce(Pass(losses, p.denominator()))
+    return value, _linear.finish_gradients(p, wanted, *gradients)
+
+
 KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
     _categorical.cross_entropy: _analytic(
         _categorical.cross_entropy, _categorical.cross_entropy_value_and_grad
@@ -126,4 +283,6 @@ KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
         _binary.binary_cross_entropy_with_logits_value_and_grad,
     ),
     _divergence.kl_div: _analytic(_divergence.kl_div, _divergence.kl_div_value_and_grad),
+    _linear.linear_cross_entropy: linear_cross_entropy,
+    _linear.linear_cross_entropy_value_and_grad: linear_cross_entropy_value_and_grad,
 }

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .._generic import _categorical
+from .._generic import _categorical, _linear
 from .._generic._categorical import IndexTerms
+from .._generic._linear import Linear
 from .._generic._problems import Classes, Pass
 
 __all__ = ["KERNELS"]
@@ -327,7 +328,87 @@ def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> Any:
     return loss, p.finish(p.to_caller_layout(gradient))
 
 
+# --- linear_cross_entropy ---------------------------------------------------------------------
+
+
+def _linear_pass(
+    p: Linear, smoothing: float, wanted: tuple[bool, bool, bool], gradient: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None] | None:
+    """Every chunk of positions through one buffer of the chunk's logits: made by BLAS into
+    it, turned into the losses and (with ``gradient``) into the gradient with respect to them
+    there, block by block in threads (:func:`_statistics`), then multiplied into the three
+    gradients. The weight's gradient is summed in slices of classes, each product into a
+    scratch slice a quarter of the buffer's size: NumPy's ``matmul`` cannot add into its
+    output, and a scratch array of the weight's size would be the largest temporary of all."""
+    n, d = p.hidden.shape
+    v = p.num_classes
+    dtype = np.dtype(p.compute_dtype)
+    if p.hidden.dtype != dtype or n == 0:  # float16: the generic path
+        return None
+    index_target = p.index_target
+    scale = None
+    if gradient and p.reduction == "mean":
+        denominator = p.denominator()
+        total = float(n if denominator is None else denominator)
+        scale = 1.0 / total if total != 0.0 else math.nan
+    losses = np.empty(n, dtype=dtype)
+    d_hidden = np.empty((n, d), dtype=dtype) if gradient and wanted[0] else None
+    d_weight = np.zeros((v, d), dtype=dtype) if gradient and wanted[1] else None
+    d_bias = None
+    if gradient and wanted[2] and p.bias is not None:
+        d_bias = np.zeros(v, dtype=dtype)
+    rows = min(p.chunk_size, n)
+    buffer = np.empty((rows, v), dtype=dtype)
+    classes_per_slice = max(1, rows * v // 4 // max(d, 1))
+    scratch = (
+        np.empty((min(v, classes_per_slice), d), dtype=dtype) if d_weight is not None else None
+    )
+    ones = np.ones(rows, dtype=dtype)
+    for start, stop in p.spans():
+        hidden = p.hidden[start:stop]
+        logits = buffer[: stop - start]
+        np.matmul(hidden, p.weight.T, out=logits)
+        if p.bias is not None:
+            logits += p.bias
+        cp = p.chunk(logits, p.target[start:stop])
+        terms = IndexTerms.of(cp, smoothing) if index_target else None
+        statistics = _statistics(cp, terms, smoothing, logits if gradient else None, scale)
+        losses[start:stop] = _loss(cp, smoothing, statistics, terms)
+        if d_hidden is not None:
+            np.matmul(logits, p.weight, out=d_hidden[start:stop])
+        if d_bias is not None:
+            d_bias += ones[: stop - start] @ logits
+        if d_weight is not None:
+            assert scratch is not None
+            for lo in range(0, v, classes_per_slice):
+                hi = min(v, lo + classes_per_slice)
+                part = scratch[: hi - lo]
+                np.matmul(logits[:, lo:hi].T, hidden, out=part)
+                d_weight[lo:hi] += part
+    return losses, d_hidden, d_weight, d_bias
+
+
+def linear_cross_entropy(p: Linear, smoothing: float) -> Any:
+    result = _linear_pass(p, smoothing, (False, False, False), gradient=False)
+    if result is None:
+        return None
+    return p.reduce(Pass(result[0], p.denominator()))
+
+
+def linear_cross_entropy_value_and_grad(
+    p: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
+) -> Any:
+    result = _linear_pass(p, smoothing, wanted, gradient=True)
+    if result is None:
+        return None
+    losses, *gradients = result
+    value = p.reduce(Pass(losses, p.denominator()))
+    return value, _linear.finish_gradients(p, wanted, *gradients)
+
+
 KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
     _categorical.cross_entropy: cross_entropy,
     _categorical.cross_entropy_value_and_grad: cross_entropy_value_and_grad,
+    _linear.linear_cross_entropy: linear_cross_entropy,
+    _linear.linear_cross_entropy_value_and_grad: linear_cross_entropy_value_and_grad,
 }

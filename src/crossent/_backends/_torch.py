@@ -16,7 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._generic import _binary, _categorical, _softmax
+from .._generic import _binary, _categorical, _linear, _softmax
+from .._generic._categorical import IndexTerms
+from .._generic._linear import Linear
 from .._generic._problems import Classes, Pass, Pointwise
 from .._typing import Array, Namespace
 from .._validation import broadcasts_to
@@ -272,6 +274,166 @@ def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
     return p.finish(out)
 
 
+# --- linear_cross_entropy ---------------------------------------------------------------------
+
+
+def _linear_chunk(
+    p: Linear,
+    smoothing: float,
+    hidden: torch.Tensor,
+    target: torch.Tensor,
+    factor: torch.Tensor | float | None,
+    buffer: torch.Tensor | None,
+    gradient: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of positions, class indices, in place in ``buffer`` (ours): its logits,
+    shifted, exponentiated and turned into the gradient with respect to them (each row times
+    its ``factor``). The generic chunk makes five arrays of the chunk's size; this, one."""
+    if buffer is None:  # class probabilities: the target is as large as the logits anyway
+        return _linear.chunk_pass(p, smoothing, hidden, target, factor, gradient=gradient)
+    logits = buffer[: hidden.shape[0]]
+    if p.hidden.dtype in _FLOATS:
+        torch.mm(hidden, p.weight.T, out=logits)
+        if p.bias is not None:
+            logits += p.bias
+    else:  # the product in half precision, rounded as the dense one, then float32
+        logits.copy_(F.linear(hidden, p.weight, p.bias))
+    cp = p.chunk(logits, target)
+    terms = IndexTerms.of(cp, smoothing)
+    pick = terms.pick
+    index = pick.index[:, None]
+    shift = logits.amax(dim=1, keepdim=True)
+    shift.masked_fill_(shift == -torch.inf, 0.0)  # a row of all -inf: exp gives 0, not NaN
+    logits -= shift
+    picked = logits.gather(1, index)[:, 0]
+    shifted_sum = None
+    if smoothing > 0.0:
+        w = cp.weight
+        shifted_sum = logits.sum(dim=1) if w is None else torch.mv(logits, w)
+    logits.exp_()
+    total = logits.sum(dim=1)
+    loss = terms.loss(cp, torch.log(total), picked, shifted_sum)
+    if not gradient:
+        return loss, None
+    coefficient = terms.softmax_coefficient(cp) / total
+    at_target = terms.target_term()
+    spread = pick.kept.to(total.dtype) * (smoothing / p.num_classes)
+    if factor is not None:
+        coefficient, at_target, spread = (x * factor for x in (coefficient, at_target, spread))
+    logits *= coefficient[:, None]
+    if smoothing > 0.0:  # (eps / C) w_c from every class of a kept position
+        if cp.weight is None:
+            logits -= spread[:, None]
+        else:
+            logits.addr_(spread, cp.weight, alpha=-1.0)
+    logits.scatter_add_(1, index, -at_target[:, None])
+    if pick.bad is not None:
+        logits *= torch.where(pick.bad, torch.nan, 1.0)[:, None].to(logits.dtype)
+    return loss, logits
+
+
+def _linear_pass(
+    p: Linear,
+    smoothing: float,
+    wanted: tuple[bool, bool, bool],
+    factor: torch.Tensor | float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Every chunk: the positions' losses and the gradients ``wanted`` (hidden's in the
+    caller's dtype, weight's and bias's summed in the compute dtype: ``addmm_`` adds each
+    chunk's product into the sum without a temporary)."""
+    n, d = p.hidden.shape
+    v = p.num_classes
+    compute = p.compute_dtype
+    on = {"device": p.hidden.device}
+    gradient = any(wanted)
+    losses = torch.empty((n,), dtype=compute, **on)
+    d_hidden = torch.empty((n, d), dtype=p.dtype, **on) if wanted[0] else None
+    d_weight = torch.zeros((v, d), dtype=compute, **on) if wanted[1] else None
+    d_bias = torch.zeros((v,), dtype=compute, **on) if wanted[2] and p.bias is not None else None
+    buffer = None
+    if p.index_target and n:
+        buffer = torch.empty((min(p.chunk_size, n), v), dtype=compute, **on)
+    for start, stop in p.spans():
+        hidden, target = p.hidden[start:stop], p.target[start:stop]
+        rows = factor[start:stop] if isinstance(factor, torch.Tensor) else factor
+        loss, g = _linear_chunk(p, smoothing, hidden, target, rows, buffer, gradient)
+        losses[start:stop] = loss
+        if g is None:
+            continue
+        if d_hidden is not None:
+            torch.mm(g.to(p.dtype), p.weight, out=d_hidden[start:stop])
+        if d_weight is not None:
+            d_weight.addmm_(g.T, hidden.to(compute))
+        if d_bias is not None:
+            d_bias += g.sum(dim=0)
+    return losses, d_hidden, d_weight, d_bias
+
+
+class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
+    """``linear_cross_entropy`` with torch's autograd, never making the logits.
+
+    With a scalar reduction the gradients are computed in the forward pass, from the logits
+    it makes anyway (as Liger's fused linear cross-entropy does), and the backward pass only
+    scales them by the upstream gradient: three matrix products in all, as the dense
+    computation. With ``reduction="none"`` the upstream gradient differs per position, so the
+    backward pass makes each chunk's logits again, times it.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        p: Linear,
+        smoothing: float,
+    ) -> torch.Tensor:
+        wanted = (
+            bool(ctx.needs_input_grad[0]),
+            bool(ctx.needs_input_grad[1]),
+            bias is not None and bool(ctx.needs_input_grad[2]),
+        )
+        early = p.reduction != "none" and any(wanted)
+        factor = _linear.gradient_factor(p) if early else None
+        losses, *gradients = _linear_pass(p, smoothing, wanted if early else _NONE, factor)
+        ctx.problem, ctx.smoothing, ctx.wanted, ctx.early = p, smoothing, wanted, early
+        if early:
+            ctx.save_for_backward(*gradients)
+        return p.reduce(Pass(losses, p.denominator()))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        p: Linear = ctx.problem
+        if ctx.early:
+            scale = upstream.to(p.compute_dtype)
+            gradients = [None if g is None else g * scale for g in ctx.saved_tensors]
+        else:
+            factor = upstream.reshape(-1).to(p.compute_dtype)
+            _, *gradients = _linear_pass(p, ctx.smoothing, ctx.wanted, factor)
+        d_hidden, d_weight, d_bias = _linear.finish_gradients(p, ctx.wanted, *gradients)
+        if d_hidden is not None:  # the flattened positions this function was given
+            d_hidden = d_hidden.reshape(p.hidden.shape)
+        return d_hidden, d_weight, d_bias, None, None
+
+
+_NONE = (False, False, False)
+
+
+def linear_cross_entropy(p: Linear, smoothing: float) -> Array | None:
+    out: torch.Tensor = _LinearCrossEntropy.apply(p.hidden, p.weight, p.bias, p, smoothing)
+    return out
+
+
+def linear_cross_entropy_value_and_grad(
+    p: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
+) -> tuple[Array, tuple[Array | None, ...]]:
+    with torch.no_grad():
+        losses, *gradients = _linear_pass(p, smoothing, wanted, _linear.gradient_factor(p))
+        value = p.reduce(Pass(losses, p.denominator()))
+        return value, _linear.finish_gradients(p, wanted, *gradients)
+
+
 KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
     _softmax.logsumexp: logsumexp,
     _softmax.softmax: softmax,
@@ -281,6 +443,8 @@ KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
     _categorical.nll_loss: nll_loss,
     _binary.binary_cross_entropy: binary_cross_entropy,
     _binary.binary_cross_entropy_with_logits: binary_cross_entropy_with_logits,
+    _linear.linear_cross_entropy: linear_cross_entropy,
+    _linear.linear_cross_entropy_value_and_grad: linear_cross_entropy_value_and_grad,
 }
 
 

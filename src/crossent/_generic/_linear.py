@@ -32,7 +32,9 @@ from ._categorical import Picks, cross_entropy_pass, pick_classes
 from ._problems import Classes, Pass, Problem
 
 __all__ = [
-    "CHUNK_BYTES",
+    "CHUNK_BYTES_MAX",
+    "CHUNK_BYTES_MIN",
+    "CHUNK_FRACTION",
     "Linear",
     "chunk_gradients",
     "chunk_pass",
@@ -42,16 +44,25 @@ __all__ = [
     "linear_cross_entropy_value_and_grad",
 ]
 
-#: The automatic chunk's logits, in the compute dtype, take at most this many bytes (one row
-#: of logits when a row is larger).
-CHUNK_BYTES = 32 * 2**20
+#: The automatic chunk's logits take 1/CHUNK_FRACTION of the dense logits' bytes, within
+#: [CHUNK_BYTES_MIN, CHUNK_BYTES_MAX] (and at least one row): see :func:`default_chunk_size`.
+CHUNK_FRACTION = 64
+CHUNK_BYTES_MIN = 4 * 2**20
+CHUNK_BYTES_MAX = 32 * 2**20
 
 
-def default_chunk_size(xp: Namespace, num_classes: int, dtype: DType) -> int:
-    """Rows per chunk when the caller gives none: as many as :data:`CHUNK_BYTES` of logits in
-    the compute ``dtype`` hold, at least one."""
-    itemsize = xp.finfo(dtype).bits // 8
-    return max(1, CHUNK_BYTES // max(1, num_classes * itemsize))
+def default_chunk_size(xp: Namespace, num_positions: int, num_classes: int, dtype: DType) -> int:
+    """Rows per chunk when the caller gives none.
+
+    A chunk's logits, in the compute ``dtype``, take 1/64 of what the dense logits would: the
+    largest temporaries (two arrays of a chunk's size under ``jax.jit``, one on NumPy and torch)
+    then stay under 1/16 of them. Within 4 and 32 MiB: below 4 MiB, the products of a chunk of
+    few rows run well below the machine's speed; above 32 MiB, a bigger chunk gains nothing.
+    """
+    itemsize = int(xp.finfo(dtype).bits) // 8
+    row = max(1, num_classes * itemsize)
+    budget = min(CHUNK_BYTES_MAX, max(CHUNK_BYTES_MIN, num_positions * row // CHUNK_FRACTION))
+    return max(1, budget // row)
 
 
 #: Which gradients to compute: of ``hidden``, of ``weight``, of ``bias``.
@@ -213,22 +224,19 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
 
 
 def linear_cross_entropy_value_and_grad(
-    p: Linear, smoothing: float, wanted: Wanted, upstream: Array | None = None
+    p: Linear, smoothing: float, wanted: Wanted
 ) -> tuple[Array, tuple[Array | None, Array | None, Array | None]]:
     """The reduced loss and the gradients of ``hidden``, ``weight`` and ``bias`` that
-    ``wanted`` asks for (None for the others), in the caller's shapes and dtype.
-
-    ``upstream``, one number per position, multiplies each position's gradient (the
-    gradient of ``reduction="none"`` that reaches autodiff); without it the gradient is that of
-    the reduced loss (for ``"none"``, of the summed loss).
-    """
-    xp = p.xp
-    factor = gradient_factor(p) if upstream is None else upstream
+    ``wanted`` asks for (None for the others), in the caller's shapes and dtype: of the
+    reduced loss (for ``"none"``, of the summed loss)."""
+    factor = gradient_factor(p)
     losses, d_hidden = [], []
     d_weight = d_bias = None
     for start, stop in p.spans():
         hidden, target = _rows(p, start, stop)
-        rows = factor[start:stop] if factor is not None and not isinstance(factor, float) else factor
+        rows = (
+            factor[start:stop] if factor is not None and not isinstance(factor, float) else factor
+        )
         loss, g = chunk_pass(p, smoothing, hidden, target, rows, gradient=True)
         assert g is not None
         losses.append(loss)
