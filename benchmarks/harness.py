@@ -127,6 +127,8 @@ class Comparison:
     input_bytes: int
     output_bytes: int
     pairs: int
+    #: What extra memory is judged against where not the input (the dense logits' bytes), or 0.
+    reference_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)

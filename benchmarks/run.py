@@ -65,8 +65,19 @@ EVERY_SHAPE = {
 }
 
 
+#: The linear suite's targets at each of its shapes: time ratio against the dense computation.
+LINEAR_TARGETS = {
+    "torch forward+backward vs dense": 1.25,
+    "JAX jax.value_and_grad (jit) vs optax dense": 1.25,
+}
+#: Extra memory of linear_cross_entropy at most this share of the dense logits' bytes.
+LINEAR_MEMORY_SHARE = 1 / 16
+
+
 def target_of(r: harness.Comparison) -> float | None:
     """The ratio ``r`` should stay under, if any."""
+    if r.suite == "linear":
+        return LINEAR_TARGETS.get(r.name)
     every = EVERY_SHAPE.get((r.suite, r.name, r.dtype))
     if every is not None:
         return every
@@ -78,6 +89,15 @@ def target_of(r: harness.Comparison) -> float | None:
 def _shape(text: str) -> tuple[int, int]:
     rows, columns = text.lower().split("x")
     return int(rows), int(columns)
+
+
+def _linear_shape(text: str) -> tuple[int, int, int]:
+    n, d, v = text.lower().split("x")
+    return int(n), int(d), int(v)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
 
 
 def _versions() -> dict[str, str]:
@@ -100,6 +120,9 @@ def _cases(args: argparse.Namespace) -> list[tuple[tuple[int, int], str, Any]]:
         if "jax" in args.suites:
             for dtype in ("float32", "bfloat16"):
                 planned.append((shape, dtype, lambda s=shape, d=dtype: suites.jax_suite(s, d)))
+    if "linear" in args.suites:
+        for shape in args.linear_shapes:
+            planned.append((shape, "float32", lambda s=shape: suites.linear_suite(s)))
     return planned
 
 
@@ -114,9 +137,16 @@ def run(args: argparse.Namespace) -> list[harness.Comparison]:
     for shape, dtype, make in planned:
         for case in make():
             pairs = args.pairs
+            own_memory = case.memory is not None and not args.no_memory
             ratio, ours_s, peer_s, ours_peak, peer_peak = harness.compare(
-                case.run_ours, case.run_peer, pairs=pairs, memory=not args.no_memory
+                case.run_ours,
+                case.run_peer,
+                pairs=pairs,
+                memory=not args.no_memory and not own_memory,
             )
+            if own_memory:
+                assert case.memory is not None
+                ours_peak, peer_peak = case.memory()
             result = harness.Comparison(
                 suite=case.suite,
                 name=case.name,
@@ -132,11 +162,12 @@ def run(args: argparse.Namespace) -> list[harness.Comparison]:
                 input_bytes=case.input_bytes,
                 output_bytes=case.output_bytes,
                 pairs=pairs,
+                reference_bytes=case.reference_bytes,
             )
             results.append(result)
             elapsed = time.perf_counter() - started
             print(
-                f"[{elapsed:6.0f} s] {case.suite:<5} {shape[0]:>6}x{shape[1]:<6} {dtype:<8} "
+                f"[{elapsed:6.0f} s] {case.suite:<6} {_shape_text(shape):>18} {dtype:<8} "
                 f"{case.name:<52} ratio {ratio:5.2f}  ({ours_s * 1e3:8.2f} ms vs "
                 f"{peer_s * 1e3:8.2f} ms)",
                 flush=True,
@@ -146,17 +177,35 @@ def run(args: argparse.Namespace) -> list[harness.Comparison]:
 
 def table(results: list[harness.Comparison]) -> str:
     lines = [
-        f"{'suite':<6}{'shape':<14}{'dtype':<9}{'comparison':<53}{'ratio':>6}{'target':>8}"
+        f"{'suite':<7}{'shape':<19}{'dtype':<9}{'comparison':<53}{'ratio':>6}{'target':>8}"
         f"{'ours ms':>10}{'peer ms':>10}{'ours MiB':>10}{'peer MiB':>10}",
     ]
     for r in results:
         target = target_of(r)
         shown = "" if target is None else f"{target:.2f}" + ("" if r.ratio <= target else "!")
         lines.append(
-            f"{r.suite:<6}{f'{r.shape[0]}x{r.shape[1]}':<14}{r.dtype:<9}{r.name:<53}"
+            f"{r.suite:<7}{_shape_text(r.shape):<19}{r.dtype:<9}{r.name:<53}"
             f"{r.ratio:6.2f}{shown:>8}{r.ours_seconds * 1e3:10.2f}{r.peer_seconds * 1e3:10.2f}"
             f"{_mib(r.ours_peak_bytes):>10}{_mib(r.peer_peak_bytes):>10}"
         )
+    shares = [r for r in results if r.reference_bytes]
+    if shares:
+        lines += ["", f"extra memory / the dense logits' bytes (target {LINEAR_MEMORY_SHARE:g}):"]
+        for r in shares:
+            ours = (
+                "—"
+                if r.ours_peak_bytes is None
+                else f"{r.ours_peak_bytes / r.reference_bytes:.4f}"
+            )
+            peer = (
+                "—"
+                if r.peer_peak_bytes is None
+                else f"{r.peer_peak_bytes / r.reference_bytes:.3f}"
+            )
+            lines.append(
+                f"  {_shape_text(r.shape):<19}{r.name:<53} crossent {ours:>7}  dense {peer:>6}"
+                f"  (logits {r.reference_bytes / 2**20:,.0f} MiB)"
+            )
     return "\n".join(lines)
 
 
@@ -171,7 +220,9 @@ def plot(results: list[harness.Comparison], machine: dict[str, Any], path: Path)
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    families = [s for s in ("numpy", "torch", "jax") if any(r.suite == s for r in results)]
+    families = [
+        s for s in ("numpy", "torch", "jax", "linear") if any(r.suite == s for r in results)
+    ]
     fig, axes = plt.subplots(
         len(families), 1, figsize=(10, 3.2 * len(families)), squeeze=False, layout="constrained"
     )
@@ -193,7 +244,12 @@ def plot(results: list[harness.Comparison], machine: dict[str, Any], path: Path)
             # a lollipop from parity: on a log axis its length is the factor
             ax.hlines(positions, 1.0, values, color=color, linewidth=2)
             ax.plot(
-                values, positions, "o", color=color, markersize=4, label=f"{shape[0]} x {shape[1]}"
+                values,
+                positions,
+                "o",
+                color=color,
+                markersize=4,
+                label=" x ".join(str(s) for s in shape),
             )
             finite = [v for v in values if v == v]
             low, high = min(low, *finite), max(high, *finite)
@@ -211,7 +267,7 @@ def plot(results: list[harness.Comparison], machine: dict[str, Any], path: Path)
         )
         ax.legend(
             fontsize=7,
-            title="(N, C)",
+            title="(N, D, V)" if family == "linear" else "(N, C)",
             title_fontsize=7,
             loc="upper left",
             bbox_to_anchor=(1.01, 1.0),
@@ -235,7 +291,17 @@ def main(argv: list[str] | None = None) -> int:
         help="N x C shapes, e.g. 16384x1000",
     )
     parser.add_argument(
-        "--suites", nargs="+", default=["numpy", "torch", "jax"], choices=["numpy", "torch", "jax"]
+        "--linear-shapes",
+        type=_linear_shape,
+        nargs="+",
+        default=suites.LINEAR_SHAPES,
+        help="N x D x V shapes of the linear suite, e.g. 4096x512x32000",
+    )
+    parser.add_argument(
+        "--suites",
+        nargs="+",
+        default=["numpy", "torch", "jax", "linear"],
+        choices=["numpy", "torch", "jax", "linear"],
     )
     parser.add_argument("--pairs", type=int, default=11, help="interleaved pairs per case")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
@@ -272,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         + [
             {"suite": s, "name": n, "dtype": d, "shape": "every", "ratio": v}
             for (s, n, d), v in EVERY_SHAPE.items()
+        ]
+        + [
+            {"suite": "linear", "name": n, "shape": "every", "ratio": v}
+            for n, v in LINEAR_TARGETS.items()
         ],
+        "linear_memory_share": LINEAR_MEMORY_SHARE,
         "results": [r.as_dict() for r in results],
     }
     args.output.write_text(json.dumps(payload, indent=1) + "\n")

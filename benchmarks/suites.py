@@ -31,6 +31,11 @@ class Case:
     input_bytes: int
     #: Bytes of what crossent returns (a gradient): not counted against its extra memory.
     output_bytes: int = 0
+    #: Measures (ours, peer) peak extra bytes itself, instead of the harness's RSS in-process.
+    memory: Callable[[], tuple[int | None, int | None]] | None = None
+    #: What extra memory is judged against, where not the input (the linear suite: the bytes
+    #: the dense logits would take). 0 for none.
+    reference_bytes: int = 0
 
 
 def _data(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -275,3 +280,133 @@ def jax_suite(shape: tuple[int, int], dtype: str = "float32") -> Iterator[Case]:
             size,
             x.nbytes,
         )
+
+
+# --- linear_cross_entropy ---------------------------------------------------------------------
+
+#: The (N, D, V) shapes of the linear suite, float32: a 32k and a 128k vocabulary.
+LINEAR_SHAPES = [(4096, 512, 32000), (2048, 256, 128000)]
+
+
+def _linear_data(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, d, v = shape
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((n, d), dtype=np.float32)
+    weight = rng.standard_normal((v, d), dtype=np.float32) / np.float32(np.sqrt(d))
+    return hidden, weight, rng.integers(0, v, n)
+
+
+def linear_suite(shape: tuple[int, int, int]) -> Iterator[Case]:
+    """The loss and the gradients of hidden and weight, against the dense computation a user
+    writes today. Memory: peak bytes beyond the inputs and the returned gradients, NumPy's and
+    torch's by RSS in a fresh process each (``linear_memory.py``), JAX's from XLA's own
+    account of the compiled program (``memory_analysis().temp_size_in_bytes``)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+    import torch.nn.functional as F
+
+    hidden, weight, target = _linear_data(shape)
+    n, _, v = shape
+    inputs = hidden.nbytes + weight.nbytes + target.nbytes
+    gradients = hidden.nbytes + weight.nbytes
+    logits_bytes = n * v * 4
+
+    # NumPy: crossent's dense value_and_grad on the logits, then the two products
+    dense_step = crossent.value_and_grad(crossent.cross_entropy)
+    step = crossent.value_and_grad(crossent.linear_cross_entropy, argnums=(0, 1))
+
+    def numpy_dense() -> Any:
+        loss, g = dense_step(hidden @ weight.T, target)
+        return loss, g @ weight, g.T @ hidden
+
+    yield Case(
+        "linear",
+        "NumPy value_and_grad vs dense",
+        "value_and_grad(crossent.linear_cross_entropy, argnums=(0, 1))",
+        "value_and_grad(crossent.cross_entropy) on hidden @ weight.T",
+        lambda: step(hidden, weight, target),
+        numpy_dense,
+        inputs,
+        gradients,
+        memory=lambda: _both_memories("numpy", shape),
+        reference_bytes=logits_bytes,
+    )
+
+    h, w, t = torch.from_numpy(hidden), torch.from_numpy(weight), torch.from_numpy(target)
+    leaves = (h.clone().requires_grad_(True), w.clone().requires_grad_(True))
+
+    def torch_step(loss_of: Callable[[Any, Any], Any]) -> Any:
+        for leaf in leaves:
+            leaf.grad = None
+        loss = loss_of(*leaves)
+        loss.backward()
+        return loss
+
+    yield Case(
+        "linear",
+        "torch forward+backward vs dense",
+        "crossent.linear_cross_entropy(...).backward()",
+        "F.cross_entropy(F.linear(...)).backward()",
+        lambda: torch_step(lambda a, b: crossent.linear_cross_entropy(a, b, t)),
+        lambda: torch_step(lambda a, b: F.cross_entropy(F.linear(a, b), t)),
+        inputs,
+        gradients,
+        memory=lambda: _both_memories("torch", shape),
+        reference_bytes=logits_bytes,
+    )
+
+    jh, jw, jt = jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(target, dtype=jnp.int32)
+
+    def ours_jax(a: Any, b: Any) -> Any:
+        return crossent.linear_cross_entropy(a, b, jt)
+
+    def optax_jax(a: Any, b: Any) -> Any:
+        return optax.softmax_cross_entropy_with_integer_labels(a @ b.T, jt).mean()
+
+    ours_vg = jax.jit(jax.value_and_grad(ours_jax, argnums=(0, 1)))
+    peer_vg = jax.jit(jax.value_and_grad(optax_jax, argnums=(0, 1)))
+
+    def xla_temporaries() -> tuple[int | None, int | None]:
+        out = []
+        for f in (ours_vg, peer_vg):
+            analysis = f.lower(jh, jw).compile().memory_analysis()
+            out.append(None if analysis is None else int(analysis.temp_size_in_bytes))
+        return out[0], out[1]
+
+    yield Case(
+        "linear",
+        "JAX jax.value_and_grad (jit) vs optax dense",
+        "jax.value_and_grad(crossent.linear_cross_entropy)",
+        "jax.value_and_grad(optax.softmax_cross_entropy_with_integer_labels(h @ w.T))",
+        lambda: ours_vg(jh, jw),
+        lambda: peer_vg(jh, jw),
+        inputs,
+        gradients,
+        memory=xla_temporaries,
+        reference_bytes=logits_bytes,
+    )
+
+
+def _both_memories(backend: str, shape: tuple[int, int, int]) -> tuple[int | None, int | None]:
+    return _subprocess_memory(backend, "ours", shape), _subprocess_memory(backend, "peer", shape)
+
+
+def _subprocess_memory(backend: str, side: str, shape: tuple[int, int, int]) -> int | None:
+    """Peak extra bytes of one call in a fresh process (``linear_memory.py``)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("linear_memory.py")
+    shape_text = "x".join(str(s) for s in shape)
+    done = subprocess.run(
+        [sys.executable, str(script), backend, side, shape_text],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    value = json.loads(done.stdout.strip().splitlines()[-1])["extra_bytes"]
+    return None if value is None else int(value)

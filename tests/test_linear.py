@@ -485,3 +485,24 @@ def test_jax_vmap_and_stop_gradient_of_the_target(xp, to_xp, assert_close):
         jnp.asarray(hidden[0]), jnp.asarray(probs)
     )
     assert g.shape == (6, D)
+
+
+def test_torch_backward_twice(xp):
+    if not is_torch_namespace(xp):
+        pytest.skip("torch's autograd")
+    hidden, weight, target, _, _ = _inputs(
+        (5,), weighted=False, ignored=False, bias=False, probabilities=False
+    )
+    leaf = T(hidden).requires_grad_(True)
+    loss = crossent.linear_cross_entropy(leaf, T(weight), T(target))
+    loss.backward(retain_graph=True)
+    # the gradients were made in the forward pass and handed over to the first backward pass
+    with pytest.raises(RuntimeError, match="call linear_cross_entropy again"):
+        loss.backward()
+    # reduction="none" makes them in the backward pass: as often as asked
+    leaf.grad = None
+    losses = crossent.linear_cross_entropy(leaf, T(weight), T(target), reduction="none")
+    losses.sum().backward(retain_graph=True)
+    first = leaf.grad.clone()
+    losses.sum().backward()
+    torch.testing.assert_close(leaf.grad, 2 * first)

@@ -397,8 +397,8 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         factor = _linear.gradient_factor(p) if early else None
         losses, *gradients = _linear_pass(p, smoothing, wanted if early else _NONE, factor)
         ctx.problem, ctx.smoothing, ctx.wanted, ctx.early = p, smoothing, wanted, early
-        if early:
-            ctx.save_for_backward(*gradients)
+        # Ours, not the graph's: the backward pass scales them in place and hands them over
+        ctx.gradients = gradients if early else None
         return p.reduce(Pass(losses, p.denominator()))
 
     @staticmethod
@@ -406,8 +406,17 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
     def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         p: Linear = ctx.problem
         if ctx.early:
+            gradients, ctx.gradients = ctx.gradients, None
+            if gradients is None:
+                raise RuntimeError(
+                    "linear_cross_entropy made its gradients in the forward pass, and the first "
+                    "backward pass took them: call linear_cross_entropy again to go backward "
+                    "through it again"
+                )
             scale = upstream.to(p.compute_dtype)
-            gradients = [None if g is None else g * scale for g in ctx.saved_tensors]
+            for g in gradients:  # in place: a copy of the weight's gradient would be the peak
+                if g is not None:
+                    g.mul_(scale.to(g.dtype))
         else:
             factor = upstream.reshape(-1).to(p.compute_dtype)
             _, *gradients = _linear_pass(p, ctx.smoothing, ctx.wanted, factor)
