@@ -59,13 +59,20 @@ def _call(backend: str, side: str, shape: tuple[int, int, int]) -> tuple[Any, An
     return torch_step, reset
 
 
+def _nbytes(out: Any) -> int:
+    """Bytes of the arrays in ``out``, nested tuples of them."""
+    if isinstance(out, tuple):
+        return sum(_nbytes(x) for x in out)
+    return int(getattr(out, "nbytes", 0))
+
+
 def main(backend: str, side: str, shape_text: str) -> None:
     shape = tuple(int(s) for s in shape_text.split("x"))
     assert len(shape) == 3
     call, reset = _call(backend, side, shape)  # type: ignore[arg-type]
     harness._allocator("memory")
     out = call()  # loads and warms everything
-    returned = sum(int(getattr(x, "nbytes", 0)) for x in out[1:])
+    returned = _nbytes(out[1:])
     del out
     reset()
     gc.collect()

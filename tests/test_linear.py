@@ -18,6 +18,7 @@ from array_api_compat import (
     is_array_api_strict_namespace,
     is_dask_namespace,
     is_jax_namespace,
+    is_numpy_namespace,
     is_torch_namespace,
 )
 from conftest import to_numpy
@@ -506,3 +507,74 @@ def test_torch_backward_twice(xp):
     first = leaf.grad.clone()
     losses.sum().backward()
     torch.testing.assert_close(leaf.grad, 2 * first)
+
+
+def test_torch_evaluation_and_targets_that_require_grad(xp):
+    if not is_torch_namespace(xp):
+        pytest.skip("torch's autograd")
+    hidden, weight, target, _, _ = _inputs(
+        (6,), weighted=False, ignored=True, bias=False, probabilities=False
+    )
+    h, w = T(hidden).requires_grad_(True), T(weight).requires_grad_(True)
+    with torch.no_grad():
+        evaluated = crossent.linear_cross_entropy(h, w, T(target))
+    assert evaluated.grad_fn is None
+    torch.testing.assert_close(evaluated, crossent.linear_cross_entropy(h, w, T(target)).detach())
+    probs = torch.softmax(T(np.ones((6, V))), dim=-1).requires_grad_(True)
+    with pytest.raises(TypeError, match=r"not in its target; pass target.detach\(\)"):
+        crossent.linear_cross_entropy(h, w, probs)
+
+
+def test_numpy_reads_a_probability_target_in_any_layout(xp, to_xp, assert_close):
+    if not is_numpy_namespace(xp):
+        pytest.skip("the NumPy kernel's rows")
+    hidden, weight, _, _, _ = _inputs((7,), weighted=False, ignored=False, bias=False,
+                                      probabilities=False)  # fmt: skip
+    rng = np.random.default_rng(12)
+    wide = rng.random((7, V + 5))  # a vocabulary padded to a rounder size, sliced back
+    for target in (wide[:, :V], np.asfortranarray(wide[:, :V])):
+        expected, (want_h, want_w, _) = _torch_dense(hidden, weight, target, None, None,
+                                                     np.ones(()))  # fmt: skip
+        value, (dh, dw) = crossent.value_and_grad(crossent.linear_cross_entropy, argnums=(0, 1))(
+            hidden, weight, target, chunk_size=3
+        )
+        assert_close(value, expected)
+        assert_close(dh, want_h, atol=1e-13)
+        assert_close(dw, want_w, atol=1e-13)
+
+
+def test_an_ignored_position_takes_no_upstream_gradient(xp, to_xp):
+    """torch's gradient at an ignored position is 0, even under a NaN upstream gradient."""
+    if not (is_torch_namespace(xp) or is_jax_namespace(xp)):
+        pytest.skip("autodiff: torch and JAX")
+    hidden, weight, target, b, _ = _inputs((6,), weighted=False, ignored=True, bias=True,
+                                           probabilities=False)  # fmt: skip
+    upstream = np.ones(6)
+    upstream[target == -100] = np.nan
+    _, expected = _torch_dense(hidden, weight, target, b, None, upstream, reduction="none")
+    arrays = tuple(to_xp(x) for x in (hidden, weight, target, b))
+    _, grads = _backend_gradients(xp, to_xp, arrays, upstream, {"reduction": "none"})
+    for ours, want in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(to_numpy(ours), want.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_float16_gradients_keep_the_loss_scale(xp, to_xp):
+    """A mean over many positions makes gradients below float16's normal range; a loss scale
+    (the upstream gradient) lifts them before they are rounded, as in the dense computation."""
+    if not (is_torch_namespace(xp) or is_jax_namespace(xp)):
+        pytest.skip("autodiff: torch and JAX")
+    rng = np.random.default_rng(13)
+    n, d, v = 4096, 8, 40
+    hidden = to_xp(rng.standard_normal((n, d)), "float16")
+    weight = to_xp(rng.standard_normal((v, d)) * 0.3, "float16")
+    target = rng.integers(0, v, n)
+    scale = 2.0**14
+    rounded = [to_numpy(x).astype(np.float64) for x in (hidden, weight)]
+    _, (want_h, _, _) = _torch_dense(*rounded, target, None, None, np.asarray(scale))
+    _, (dh, _, _) = _backend_gradients(
+        xp, to_xp, (hidden, weight, to_xp(target), None), np.asarray(scale), {"chunk_size": 512}
+    )
+    want = want_h.numpy()
+    ours = to_numpy(dh).astype(np.float64)
+    assert np.count_nonzero(ours == 0) <= np.count_nonzero(want == 0)
+    np.testing.assert_allclose(ours, want, rtol=0, atol=2e-2 * np.abs(want).max())

@@ -50,7 +50,9 @@ def linear_cross_entropy(
     ``N x V`` logits are never held at once: the positions go through in chunks of
     ``chunk_size`` rows, whose logits, losses and gradients are made and dropped in turn. For
     16,384 tokens and a vocabulary of 256k, the logits alone would take 16 GiB in float32; a
-    chunk at most 32 MiB. Each logit is computed once, as in the dense computation.
+    chunk at most 32 MiB. Each logit is computed once, as in the dense computation (with
+    ``reduction="none"`` under autodiff, whose upstream gradient differs per position, the
+    backward pass makes each chunk's logits again).
 
     Gradients with respect to ``hidden``, ``weight`` and ``bias`` never make the logits either:
     ``loss.backward()`` on torch, ``jax.grad`` on JAX (under ``jit`` and ``vmap`` too), and on
@@ -82,7 +84,9 @@ def linear_cross_entropy(
         Positions whose logits are made at a time. By default the chunk's logits, in the
         compute dtype, take 1/64 of the bytes of the dense logits, within 4 and 32 MiB (at least
         one position): 64 positions of 4096 for ``V = 32000`` in float32, 32 of 2048 for
-        ``V = 128000``. The largest temporaries are one or two arrays of ``chunk_size x V``.
+        ``V = 128000``. The largest temporary is one array of ``chunk_size x V`` on NumPy and
+        torch, two under ``jax.jit``; the standard-only path (CuPy, Dask, array-api-strict)
+        makes a few, and one of the weight's size while it sums the weight's gradient.
 
     Returns
     -------
@@ -211,7 +215,9 @@ def prepare_linear_cross_entropy(
                 f"the {num_classes} classes of weight (class indices would have shape "
                 f"{shape_str(positions)})"
             )
-        flat_target = xp.reshape(xp.astype(target, dtype, copy=False), (-1, num_classes))
+        # in its own dtype: each chunk converts its rows (a float32 copy of a bfloat16 target
+        # would be twice the size of the input)
+        flat_target = xp.reshape(target, (-1, num_classes))
     else:
         raise TypeError(
             "target must hold class indices (an integer dtype) or class probabilities "

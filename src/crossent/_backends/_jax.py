@@ -120,21 +120,43 @@ def _linear_scan(
     factor: Array | float | None,
 ) -> tuple[Array, Array | None, Array | None, Array | None]:
     """Every chunk of positions, in a ``lax.scan``: the losses, and with ``wanted`` the
-    gradients (hidden's rows as the scan's output, weight's and bias's summed in its carry)."""
+    gradients (hidden's rows as the scan's output, weight's and bias's summed in its carry).
+
+    The chunks have one size, so that one loop and its buffers serve them all: where the
+    positions do not fill the last one, it starts earlier, and the rows it shares with the
+    chunk before count there only (their gradient factor is 0 here, their losses dropped).
+    Nothing is padded: a padded copy of ``hidden`` or of a target of class probabilities
+    would be as large as they are."""
     n, d = p.hidden.shape
     v = p.num_classes
     compute = p.compute_dtype
     gradient = any(wanted)
     sum_weight = gradient and wanted[1]
     sum_bias = gradient and wanted[2] and p.bias is not None
-    per_row = factor is not None and not isinstance(factor, float)
+    carry = (
+        jnp.zeros((v, d), compute) if sum_weight else None,
+        jnp.zeros((v,), compute) if sum_bias else None,
+    )
+    if n == 0:
+        empty = jnp.zeros((0, d), p.dtype) if gradient and wanted[0] else None
+        return jnp.zeros((0,), compute), empty, carry[0], carry[1]
+    count = -(-n // p.chunk_size)
+    size = -(-n // count)
+    per_row = factor is not None and not isinstance(factor, float) and factor.ndim == 1
 
-    def step(carry: Any, rows: Any) -> tuple[Any, Any]:
+    def step(carry: Any, i: Array) -> tuple[Any, Any]:
         d_weight, d_bias = carry
-        hidden, target, f = rows
-        loss, g = _linear.chunk_pass(
-            p, smoothing, hidden, target, f if per_row else factor, gradient=gradient
-        )
+        start = jnp.minimum(i * size, n - size)
+        hidden = jax.lax.dynamic_slice_in_dim(p.hidden, start, size)
+        target = jax.lax.dynamic_slice_in_dim(p.target, start, size)
+        rows = None
+        if gradient:
+            fresh = start + jnp.arange(size) >= i * size  # not in the chunk before
+            shared = 1.0 if factor is None else factor
+            if per_row:
+                shared = jax.lax.dynamic_slice_in_dim(factor, start, size)
+            rows = jnp.where(fresh, shared, 0.0).astype(compute)
+        loss, g = _linear.chunk_pass(p, smoothing, hidden, target, rows, gradient=gradient)
         if g is None:
             return carry, (loss, None)
         dh, _, db = _linear.chunk_gradients(p, g, hidden, (wanted[0], False, sum_bias))
@@ -144,41 +166,13 @@ def _linear_scan(
             d_bias = d_bias + db
         return (d_weight, d_bias), (loss, dh)
 
-    carry = (
-        jnp.zeros((v, d), compute) if sum_weight else None,
-        jnp.zeros((v,), compute) if sum_bias else None,
-    )
-    if n == 0:
-        empty = jnp.zeros((0, d), p.dtype) if gradient and wanted[0] else None
-        return jnp.zeros((0,), compute), empty, carry[0], carry[1]
-    # Chunks of equal size, the last padded with positions that count for nothing (an ignored
-    # class index; a zero target and a zero factor), whose losses are dropped: one loop, and
-    # its buffers serve every chunk.
-    count = -(-n // p.chunk_size)
-    size = -(-n // count)
-    pad = count * size - n
-    ignored = p.ignore_index if p.index_target else 0
-    if pad and not p.index_target and gradient:
-        # a smoothed zero target is no longer zero: the padding's gradient is multiplied by 0
-        factor = jnp.full((n,), 1.0 if factor is None else factor, compute)
-        per_row = True
-    rows = (p.hidden, p.target, factor if per_row else None)
-    fill = (0, ignored, 0)
+    carry, (loss, dh) = jax.lax.scan(step, carry, jnp.arange(count))
+    overlap = count * size - n  # rows of the last chunk that the one before had
 
-    def chunked(x: Array | None, value: Any) -> Array | None:
-        if x is None:
-            return None
-        if pad:
-            widths = [(0, pad)] + [(0, 0)] * (x.ndim - 1)
-            x = jnp.pad(x, widths, constant_values=jnp.asarray(value, x.dtype))
-        return x.reshape(count, size, *x.shape[1:])
+    def rows_once(x: Array) -> Array:
+        return jnp.concatenate([x[:-1].reshape(-1, *x.shape[2:]), x[-1, overlap:]])
 
-    carry, (loss, dh) = jax.lax.scan(
-        step, carry, tuple(chunked(x, f) for x, f in zip(rows, fill, strict=True))
-    )
-    loss_all = loss.reshape(count * size)[:n]
-    dh_all = None if dh is None else dh.reshape(count * size, d)[:n]
-    return loss_all, dh_all, carry[0], carry[1]
+    return rows_once(loss), None if dh is None else rows_once(dh), carry[0], carry[1]
 
 
 def _add_weight_gradient(d_weight: Array, g: Array, hidden: Array) -> Array:
@@ -231,16 +225,21 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
             )
         q = _linear_problem(p, arrays)
         wanted = (moved[0], moved[1], moved[2])
-        if q.reduction == "none" or not any(wanted):
+        # float16: the backward pass makes the gradient, with the upstream one (a loss scale)
+        # in it before it is rounded, as the dense computation rounds it
+        half = q.compute_dtype != q.dtype
+        if q.reduction == "none" or not any(wanted) or half:
             return value(q), (arrays, wanted, None)
         losses, *gradients = _linear_scan(q, smoothing, wanted, _linear.gradient_factor(q))
         return q.reduce(Pass(losses, q.denominator())), (arrays, wanted, gradients)
 
     def backward(residuals: Any, upstream: Array) -> tuple[Any, ...]:
         arrays, wanted, gradients = residuals
+        if isinstance(upstream, SymbolicZero):
+            return (None,) * 5
         q = _linear_problem(p, arrays)
         if gradients is None:
-            factor = upstream.reshape(-1).astype(q.compute_dtype)
+            factor = _linear.upstream_factor(q, upstream)
             _, *gradients = _linear_scan(q, smoothing, wanted, factor)
         else:
             scale = upstream.astype(q.compute_dtype)

@@ -370,7 +370,10 @@ def _linear_pass(
         np.matmul(hidden, p.weight.T, out=logits)
         if p.bias is not None:
             logits += p.bias
-        cp = p.chunk(logits, p.target[start:stop])
+        target = p.target[start:stop]
+        if not index_target:  # rows the blocks can read (a copy of the chunk's, if need be)
+            target = np.ascontiguousarray(target, dtype=dtype)
+        cp = p.chunk(logits, target)
         terms = IndexTerms.of(cp, smoothing) if index_target else None
         statistics = _statistics(cp, terms, smoothing, logits if gradient else None, scale)
         losses[start:stop] = _loss(cp, smoothing, statistics, terms)

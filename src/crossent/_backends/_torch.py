@@ -355,7 +355,7 @@ def _linear_pass(
         buffer = torch.empty((min(p.chunk_size, n), v), dtype=compute, **on)
     for start, stop in p.spans():
         hidden, target = p.hidden[start:stop], p.target[start:stop]
-        rows = factor[start:stop] if isinstance(factor, torch.Tensor) else factor
+        rows = _linear.rows_of(factor, start, stop)
         loss, g = _linear_chunk(p, smoothing, hidden, target, rows, buffer, gradient)
         losses[start:stop] = loss
         if g is None:
@@ -393,7 +393,9 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
             bool(ctx.needs_input_grad[1]),
             bias is not None and bool(ctx.needs_input_grad[2]),
         )
-        early = p.reduction != "none" and any(wanted)
+        # float16: the gradient is rounded to the input dtype with the upstream one (a loss
+        # scale) already in it, as the dense computation rounds it, so the backward pass makes it
+        early = p.reduction != "none" and any(wanted) and p.hidden.dtype in _FLOATS
         factor = _linear.gradient_factor(p) if early else None
         losses, *gradients = _linear_pass(p, smoothing, wanted if early else _NONE, factor)
         ctx.problem, ctx.smoothing, ctx.wanted, ctx.early = p, smoothing, wanted, early
@@ -418,7 +420,7 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
                 if g is not None:
                     g.mul_(scale.to(g.dtype))
         else:
-            factor = upstream.reshape(-1).to(p.compute_dtype)
+            factor = _linear.upstream_factor(p, upstream)
             _, *gradients = _linear_pass(p, ctx.smoothing, ctx.wanted, factor)
         d_hidden, d_weight, d_bias = _linear.finish_gradients(p, ctx.wanted, *gradients)
         if d_hidden is not None:  # the flattened positions this function was given
@@ -430,6 +432,18 @@ _NONE = (False, False, False)
 
 
 def linear_cross_entropy(p: Linear, smoothing: float) -> Array | None:
+    differentiable = [x for x in (p.hidden, p.weight, p.bias) if x is not None]
+    if not torch.is_grad_enabled() or not any(x.requires_grad for x in differentiable):
+        # evaluation (no_grad, inference_mode, frozen weights): the losses alone
+        with torch.no_grad():
+            losses = _linear_pass(p, smoothing, _NONE, None)[0]
+            return p.reduce(Pass(losses, p.denominator()))
+    for name, x in (("target", p.target), ("class_weight", p.class_weight)):
+        if x is not None and x.requires_grad:
+            raise TypeError(
+                f"linear_cross_entropy is differentiated in hidden, weight and bias only, not "
+                f"in its {name}; pass {name}.detach()"
+            )
     out: torch.Tensor = _LinearCrossEntropy.apply(p.hidden, p.weight, p.bias, p, smoothing)
     return out
 

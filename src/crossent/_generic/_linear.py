@@ -42,6 +42,8 @@ __all__ = [
     "gradient_factor",
     "linear_cross_entropy",
     "linear_cross_entropy_value_and_grad",
+    "rows_of",
+    "upstream_factor",
 ]
 
 #: The automatic chunk's logits take 1/CHUNK_FRACTION of the dense logits' bytes, within
@@ -80,7 +82,7 @@ class Linear(Problem):
     #: ``(V,)`` or None.
     bias: Array | None
     #: Class indices ``(N,)`` in the default integer dtype, or class probabilities ``(N, V)``
-    #: in the compute dtype.
+    #: in the caller's dtype.
     target: Array
     #: One weight per class ``(V,)`` in the compute dtype, or None.
     class_weight: Array | None
@@ -126,7 +128,10 @@ class Linear(Problem):
         return xp.astype(out, self.compute_dtype, copy=False)
 
     def chunk(self, logits: Array, target: Array) -> Classes:
-        """The cross-entropy problem of one chunk: its logits and its rows of the target."""
+        """The cross-entropy problem of one chunk: its logits and its rows of the target (class
+        probabilities in the compute dtype: converted a chunk at a time)."""
+        if not self.index_target:
+            target = self.xp.astype(target, self.compute_dtype, copy=False)
         return Classes(
             xp=self.xp,
             reduction="sum",
@@ -173,6 +178,29 @@ def gradient_factor(p: Linear) -> Array | float | None:
     return xp.where(pick.kept, inverse, 0.0)
 
 
+def upstream_factor(p: Linear, upstream: Array) -> Array:
+    """The factor of each position's gradient under ``upstream``, the gradient that autodiff
+    brings to the loss (one number per position for ``"none"``, a 0-d array otherwise): the
+    reduction's factor times it, and 0 at ignored positions whatever it is (torch's gradient
+    there is 0 even where the upstream one is NaN). 0-d where every position has the same."""
+    xp = p.xp
+    up = xp.astype(upstream, p.compute_dtype)
+    if p.reduction == "none":
+        up = xp.reshape(up, (-1,))
+    base = gradient_factor(p)
+    factor = up if base is None else base * up
+    if p.index_target:
+        factor = xp.where(p.picks().kept, factor, 0.0)
+    return factor
+
+
+def rows_of(factor: Array | float | None, start: int, stop: int) -> Array | float | None:
+    """The factors of rows ``start:stop``: a factor per row is sliced, a shared one kept."""
+    if factor is None or isinstance(factor, float) or len(factor.shape) == 0:
+        return factor
+    return factor[start:stop]
+
+
 def chunk_pass(
     p: Linear,
     smoothing: float,
@@ -188,8 +216,11 @@ def chunk_pass(
     xp = p.xp
     result = cross_entropy_pass(p.chunk(p.logits(hidden), target), smoothing, gradient=gradient)
     g = result.gradient
-    if g is not None and factor is not None:
-        g = g * (factor[:, None] if not isinstance(factor, float) else factor)
+    if g is not None and isinstance(factor, float):
+        g = g * factor
+    elif g is not None and factor is not None:
+        rows: Array = factor
+        g = g * (rows if len(rows.shape) == 0 else rows[:, None])
     return result.loss, None if g is None else xp.astype(g, p.compute_dtype, copy=False)
 
 
@@ -234,9 +265,7 @@ def linear_cross_entropy_value_and_grad(
     d_weight = d_bias = None
     for start, stop in p.spans():
         hidden, target = _rows(p, start, stop)
-        rows = (
-            factor[start:stop] if factor is not None and not isinstance(factor, float) else factor
-        )
+        rows = rows_of(factor, start, stop)
         loss, g = chunk_pass(p, smoothing, hidden, target, rows, gradient=True)
         assert g is not None
         losses.append(loss)
