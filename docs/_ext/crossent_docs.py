@@ -312,9 +312,12 @@ class BenchmarkResults(_TableDirective):
 
 
 def _share(extra: int | None, reference: int) -> str:
-    """``extra`` as a share of the dense logits' bytes, ``(1/N of the logits)``."""
+    """``extra`` as a share of the dense logits' bytes: ``(1/N of the logits)``, or
+    ``(1.9x the logits)`` for the dense computation."""
     if not extra:
         return ""
+    if extra >= reference:
+        return f" ({extra / reference:.1f}x the logits)"
     return f" (1/{reference / extra:,.0f} of the logits)"
 
 
