@@ -10,6 +10,7 @@ from ._generic._problems import as_default_integer
 from ._typing import Array
 from ._validation import (
     check_class_indices,
+    check_class_weights,
     check_index,
     check_int,
     check_real_floating,
@@ -224,13 +225,10 @@ def prepare_linear_cross_entropy(
             f"(a real floating dtype), got {target.dtype}"
         )
     if class_weight is not None:
-        check_real_floating(xp, "class_weight", class_weight)
-        if tuple(class_weight.shape) != (num_classes,):
-            raise ValueError(
-                f"class_weight has shape {shape_str(class_weight.shape)}, expected "
-                f"({num_classes},): one weight per class of weight {shape_str(weight.shape)}"
-            )
-        class_weight = xp.astype(class_weight, dtype, copy=False)
+        of = f"weight {shape_str(weight.shape)}"
+        class_weight = check_class_weights(
+            xp, "class_weight", class_weight, num_classes, of, dtype
+        )
     if chunk_size is None:
         rows = default_chunk_size(xp, num_elements(positions), num_classes, dtype)
     else:

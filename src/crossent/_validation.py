@@ -108,6 +108,20 @@ def check_real_floating(xp: Namespace, name: str, x: Array) -> None:
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
 
 
+def check_class_weights(
+    xp: Namespace, name: str, weight: Array, num_classes: int, of: str, dtype: DType
+) -> Array:
+    """One real weight per class, shape ``(num_classes,)``, in the compute ``dtype``; ``of``
+    names what has those classes, for the message."""
+    check_real_floating(xp, name, weight)
+    if tuple(weight.shape) != (num_classes,):
+        raise ValueError(
+            f"{name} has shape {shape_str(weight.shape)}, expected ({num_classes},): one "
+            f"weight per class of {of}"
+        )
+    return xp.astype(weight, dtype, copy=False)
+
+
 def compute_dtype(xp: Namespace, dtype: DType) -> DType:
     """The dtype a loss is computed in: float32 for float16 and bfloat16, else ``dtype``."""
     if dtype == xp.float64 or dtype == xp.float32:

@@ -16,6 +16,7 @@ from .._typing import Array, DType, Namespace
 from .._validation import (
     check_broadcasts_to,
     check_class_indices,
+    check_class_weights,
     check_index,
     check_real_floating,
     check_reduction,
@@ -237,13 +238,8 @@ def prepare_classes(
         )
 
     if weight is not None:
-        check_real_floating(xp, "weight", weight)
-        if tuple(weight.shape) != (num_classes,):
-            raise ValueError(
-                f"weight has shape {shape_str(weight.shape)}, expected ({num_classes},): one "
-                f"weight per class of {pred_name} {shape_str(shape)} along axis {axis}"
-            )
-        weight = xp.astype(weight, dtype, copy=False)
+        of = f"{pred_name} {shape_str(shape)} along axis {axis}"
+        weight = check_class_weights(xp, "weight", weight, num_classes, of, dtype)
 
     problem = Classes(
         xp=xp,
