@@ -209,7 +209,9 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
     get a gradient computed (``symbolic_zeros``)."""
 
     def value(q: Linear) -> Array:
-        return q.reduce(Pass(_linear_scan(q, smoothing, _NONE, None)[0], q.denominator()))
+        return q.reduce(
+            Pass(_linear_scan(q, smoothing, _linear.NO_GRADIENTS, None)[0], q.denominator())
+        )
 
     @jax.custom_vjp
     def compute(*arrays: Any) -> Array:
@@ -252,9 +254,6 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
     compute.defvjp(forward, backward, symbolic_zeros=True)
     out: Array = compute(p.hidden, p.weight, p.bias, p.target, p.class_weight)
     return out
-
-
-_NONE = (False, False, False)
 
 
 def linear_cross_entropy_value_and_grad(

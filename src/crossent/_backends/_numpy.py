@@ -392,7 +392,7 @@ def _linear_pass(
 
 
 def linear_cross_entropy(p: Linear, smoothing: float) -> Any:
-    result = _linear_pass(p, smoothing, (False, False, False), gradient=False)
+    result = _linear_pass(p, smoothing, _linear.NO_GRADIENTS, gradient=False)
     if result is None:
         return None
     return p.reduce(Pass(result[0], p.denominator()))

@@ -397,7 +397,9 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         # scale) already in it, as the dense computation rounds it, so the backward pass makes it
         early = p.reduction != "none" and any(wanted) and p.hidden.dtype in _FLOATS
         factor = _linear.gradient_factor(p) if early else None
-        losses, *gradients = _linear_pass(p, smoothing, wanted if early else _NONE, factor)
+        losses, *gradients = _linear_pass(
+            p, smoothing, wanted if early else _linear.NO_GRADIENTS, factor
+        )
         ctx.problem, ctx.smoothing, ctx.wanted, ctx.early = p, smoothing, wanted, early
         # Ours, not the graph's: the backward pass scales them in place and hands them over
         ctx.gradients = gradients if early else None
@@ -428,15 +430,12 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         return d_hidden, d_weight, d_bias, None, None
 
 
-_NONE = (False, False, False)
-
-
 def linear_cross_entropy(p: Linear, smoothing: float) -> Array | None:
     differentiable = [x for x in (p.hidden, p.weight, p.bias) if x is not None]
     if not torch.is_grad_enabled() or not any(x.requires_grad for x in differentiable):
         # evaluation (no_grad, inference_mode, frozen weights): the losses alone
         with torch.no_grad():
-            losses = _linear_pass(p, smoothing, _NONE, None)[0]
+            losses = _linear_pass(p, smoothing, _linear.NO_GRADIENTS, None)[0]
             return p.reduce(Pass(losses, p.denominator()))
     for name, x in (("target", p.target), ("class_weight", p.class_weight)):
         if x is not None and x.requires_grad:

@@ -35,6 +35,7 @@ __all__ = [
     "CHUNK_BYTES_MAX",
     "CHUNK_BYTES_MIN",
     "CHUNK_FRACTION",
+    "NO_GRADIENTS",
     "Linear",
     "chunk_gradients",
     "chunk_pass",
@@ -69,6 +70,8 @@ def default_chunk_size(xp: Namespace, num_positions: int, num_classes: int, dtyp
 
 #: Which gradients to compute: of ``hidden``, of ``weight``, of ``bias``.
 Wanted = tuple[bool, bool, bool]
+#: None of them: the losses alone.
+NO_GRADIENTS: Wanted = (False, False, False)
 
 
 @dataclass(frozen=True)
