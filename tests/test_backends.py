@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from array_api_compat import (
     array_namespace,
+    is_dask_namespace,
     is_jax_namespace,
     is_numpy_namespace,
     is_torch_namespace,
@@ -147,6 +148,13 @@ EXPECTED_KERNELS = {
         _linear.linear_cross_entropy,
         _linear.linear_cross_entropy_value_and_grad,
     },
+    "dask": {
+        _softmax.logsumexp,
+        _softmax.softmax,
+        _softmax.log_softmax,
+        _categorical.cross_entropy,
+        _categorical.cross_entropy_value_and_grad,
+    },
 }
 
 
@@ -155,6 +163,7 @@ def _backend_name(xp):
         ("numpy", is_numpy_namespace),
         ("torch", is_torch_namespace),
         ("jax", is_jax_namespace),
+        ("dask", is_dask_namespace),
     ):
         if test(xp):
             return name
@@ -185,7 +194,7 @@ def test_generic_only_runs_no_kernel(xp, monkeypatch):
 def _backend_modules():
     """The kernel modules whose framework this session has (torch is everywhere: the oracle)."""
     modules = []
-    for name in ("_numpy", "_torch", "_jax"):
+    for name in ("_numpy", "_torch", "_jax", "_dask"):
         try:
             modules.append(importlib.import_module(f"crossent._backends.{name}"))
         except ImportError:

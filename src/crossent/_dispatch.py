@@ -21,7 +21,12 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import numpy as np
-from array_api_compat import is_jax_namespace, is_numpy_namespace, is_torch_namespace
+from array_api_compat import (
+    is_dask_namespace,
+    is_jax_namespace,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
 
 from ._generic._arrays import torch_compiling
 from ._typing import Namespace
@@ -101,6 +106,10 @@ def _load_kernels(xp: Namespace) -> Kernels:
         from ._backends import _numpy
 
         return _numpy.KERNELS
+    if is_dask_namespace(xp):
+        from ._backends import _dask
+
+        return _dask.KERNELS
     return {}
 
 

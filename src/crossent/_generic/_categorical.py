@@ -9,6 +9,7 @@ backend kernel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from array_api_compat import device
@@ -22,6 +23,8 @@ from ._stable import clip_probs, mark_bad, safe_log, stable_max
 __all__ = [
     "IndexTerms",
     "Picks",
+    "RowStatistics",
+    "coefficients",
     "cross_entropy",
     "cross_entropy_from_probs",
     "cross_entropy_from_probs_pass",
@@ -34,6 +37,7 @@ __all__ = [
     "nll_loss_value_and_grad",
     "pick_classes",
     "picks",
+    "row_statistics",
     "take_class",
 ]
 
@@ -182,12 +186,39 @@ class IndexTerms:
         return p.xp.sum(self.pick.weight)
 
 
-def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
-    """Per-position cross-entropy, and with ``gradient`` the gradient of its sum, in one pass.
+@dataclass(frozen=True)
+class RowStatistics:
+    """What cross-entropy reads from each row of logits ``x`` (class axis last), however the
+    row is read: at once here, a block of classes at a time by the Dask kernel's one-pass
+    reduction.
 
-    The gradient of position n is ``s_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n)
-    - (eps / C) w``: the softmax comes from the same exponentials as the loss, and the one-hot
-    term is a comparison, never a matrix.
+    ``m`` is the row's :func:`~._stable.stable_max`, and ``a`` the row's weights of the
+    shifted sum: the class weights (or 1) with smoothing and class indices, the weighted
+    target with class probabilities.
+    """
+
+    #: ``m``, the shift, shape ``(..., 1)``.
+    shift: Array
+    #: ``sum_c exp(x_c - m)``.
+    total: Array
+    #: ``x_y - m`` for class indices, else None.
+    picked: Array | None
+    #: ``sum_c a_c (x_c - m)``, or None where no ``a`` was asked for.
+    shifted_sum: Array | None
+    #: ``sum_c a_c`` for class probabilities, else None.
+    mass: Array | None
+    #: ``exp(x - m)``, where the reader kept it; None makes the gradient compute it again.
+    exp_shifted: Array | None = None
+
+
+def row_statistics(
+    p: Classes, index: Array | None, coefficients: Array | float | None
+) -> RowStatistics:
+    """The :class:`RowStatistics` of ``p``'s logits, the whole rows at once.
+
+    ``index`` is the class of each position (or None), ``coefficients`` the ``a`` of the shifted
+    sum: an array of the logits' shape (class probabilities), of shape ``(C,)`` or a number
+    (class weights, all classes weighing the same for a number), or None for no sum.
     """
     xp = p.xp
     scores = p.scores()
@@ -195,30 +226,73 @@ def cross_entropy_pass(p: Classes, smoothing: float, *, gradient: bool) -> Pass:
     shifted = scores - shift
     exp_shifted = xp.exp(shifted)
     total = xp.sum(exp_shifted, axis=-1)
-    log_norm = safe_log(xp, total)
+    picked = shifted_sum = mass = None
+    if index is not None:
+        # x_y - m, gathered from the logits rather than from x - m: the same subtraction, but
+        # XLA then need not write x - m to memory for the gather (three times faster under
+        # jax.jit).
+        picked = take_class(xp, scores, index) - shift[..., 0]
+    if coefficients is not None:
+        shifted_sum = xp.sum(shifted * coefficients, axis=-1)
+        if not isinstance(coefficients, float) and coefficients.ndim == scores.ndim:
+            mass = xp.sum(coefficients, axis=-1)
+    return RowStatistics(shift, total, picked, shifted_sum, mass, exp_shifted)
 
-    if not p.index_target:
-        target = smoothed_targets(xp, p.target, smoothing)
-        if p.weight is not None:
-            target = target * p.weight
-        mass = xp.sum(target, axis=-1)
-        loss = log_norm * mass - xp.sum(target * shifted, axis=-1)
-        grad = exp_shifted * (mass / total)[..., None] - target if gradient else None
-        return Pass(loss, None, grad)
 
-    terms = IndexTerms.of(p, smoothing)
+def coefficients(p: Classes, smoothing: float, terms: IndexTerms | None) -> Array | float | None:
+    """The ``a`` of :class:`RowStatistics` for this call: the smoothed target times the class
+    weights with class probabilities, the class weights with class indices and smoothing,
+    None with class indices and no smoothing."""
+    if terms is None:
+        target = smoothed_targets(p.xp, p.target, smoothing)
+        return target if p.weight is None else target * p.weight
+    return terms.class_weights if smoothing > 0.0 else None
+
+
+def cross_entropy_pass(
+    p: Classes,
+    smoothing: float,
+    *,
+    gradient: bool,
+    statistics: Callable[[Classes, Array | None, Array | float | None], RowStatistics] = (
+        row_statistics
+    ),
+) -> Pass:
+    """Per-position cross-entropy, and with ``gradient`` the gradient of its sum, in one pass.
+
+    The gradient of position n is ``s_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n)
+    - (eps / C) w``: the softmax comes from the same exponentials as the loss, and the one-hot
+    term is a comparison, never a matrix. ``statistics`` reads the rows (:func:`row_statistics`
+    by default); everything else is per position, or elementwise for the gradient.
+    """
+    xp = p.xp
+    terms = IndexTerms.of(p, smoothing) if p.index_target else None
+    a = coefficients(p, smoothing, terms)
+    stats = statistics(p, None if terms is None else terms.pick.index, a)
+    log_norm = safe_log(xp, stats.total)
+
+    def exp_shifted() -> Array:
+        if stats.exp_shifted is not None:
+            return stats.exp_shifted
+        return xp.exp(p.scores() - stats.shift)
+
+    if terms is None:
+        assert stats.shifted_sum is not None
+        assert stats.mass is not None
+        assert a is not None
+        mass = stats.mass
+        loss = log_norm * mass - stats.shifted_sum
+        if not gradient:
+            return Pass(loss)
+        return Pass(loss, None, exp_shifted() * (mass / stats.total)[..., None] - a)
+
     pick = terms.pick
-    shifted_sum = None
-    if smoothing > 0.0:
-        shifted_sum = xp.sum(shifted * terms.class_weights, axis=-1)
-    # x_y - m, gathered from the logits rather than from x - m: the same subtraction, but XLA
-    # then need not write x - m to memory for the gather (three times faster under jax.jit).
-    picked = take_class(xp, scores, pick.index) - shift[..., 0]
-    loss = terms.loss(p, log_norm, picked, shifted_sum)
+    assert stats.picked is not None
+    loss = terms.loss(p, log_norm, stats.picked, stats.shifted_sum)
     if not gradient:
         return Pass(loss, terms.weight_sum(p))
 
-    grad = exp_shifted * (terms.softmax_coefficient(p) / total)[..., None]
+    grad = exp_shifted() * (terms.softmax_coefficient(p) / stats.total)[..., None]
     smoothing_term = terms.smoothing_term(p)
     if smoothing_term is not None:
         grad = grad - smoothing_term
