@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ._dispatch import dispatch, public_function
+from ._dispatch import dispatch, public_function, sharded
 from ._generic import _categorical as generic
+from ._generic import _sharded
 from ._generic._problems import Classes, prepare_classes
 from ._typing import Array
 from ._validation import check_eps, check_probabilities, check_unit_interval
@@ -34,6 +35,7 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    process_group: object = None,
 ) -> Array:
     r"""Cross-entropy between logits and a target of class indices or class probabilities.
 
@@ -76,6 +78,17 @@ def cross_entropy(
         probabilities). Every position ignored gives NaN, as torch does.
     label_smoothing : float in [0, 1], default 0.0
         Mass moved from the target to the uniform distribution over classes.
+    process_group : torch.distributed.ProcessGroup, optional
+        Vocabulary parallelism: the classes are split among the processes of this group, and
+        every process calls ``cross_entropy`` with its own slice. Process ``r`` (its rank in
+        the group) passes the logits of the ``r``-th contiguous slice of the classes along
+        ``axis`` (slices may differ in size); ``target`` (class indices of all ``C`` classes)
+        and ``weight`` (all ``C`` weights) are the same on every process. Each gets the loss of
+        the whole, the value of the unsharded call on the concatenated logits, and from
+        ``loss.backward()`` the gradient of its own slice. Each call runs an ``all_gather`` of
+        the slices' sizes, an ``all_reduce`` (``MAX``) of each position's maximum and one
+        (``SUM``) of its sum of exponentials, target logit and, with ``label_smoothing``, sum
+        of weighted logits; the backward pass runs none. torch tensors and class indices only.
 
     Returns
     -------
@@ -85,7 +98,9 @@ def cross_entropy(
     Raises
     ------
     TypeError
-        If an argument is not an array of ``logits``' library, or has the wrong dtype.
+        If an argument is not an array of ``logits``' library, or has the wrong dtype; if
+        ``process_group`` is not a ``torch.distributed.ProcessGroup``, comes with arrays other
+        than torch tensors or with class probabilities.
     ValueError
         If shapes do not fit, ``reduction`` or ``label_smoothing`` is out of its set, the
         arrays are on two devices, or (eager arrays only) a class index is outside ``[0, C)``
@@ -114,6 +129,19 @@ def cross_entropy(
     >>> cross_entropy(logits, np.array([0, -100]))  # the second position is ignored
     array(0.2413113)
     """
+    if process_group is not None:
+        return sharded(
+            _sharded.cross_entropy,
+            process_group,
+            prepare_cross_entropy,
+            logits,
+            target,
+            axis=axis,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
     p, options = prepare_cross_entropy(
         logits,
         target,
@@ -135,8 +163,24 @@ def prepare_cross_entropy(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
+    process_group: object = None,
 ) -> tuple[Classes, tuple[float]]:
-    """The checked arguments of :func:`cross_entropy`: the problem and its options."""
+    """The checked arguments of :func:`cross_entropy`: the problem and its options.
+
+    ``process_group`` is the group's :class:`~._generic._sharded.Collectives` where the
+    dispatcher prepares a sharded call (a :class:`~._generic._sharded.ShardedClasses`)."""
+    if process_group is not None:
+        group = _sharded.collectives("cross_entropy", process_group)
+        sharded_problem = _sharded.prepare_classes(
+            logits,
+            target,
+            group,
+            axis=axis,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+        return sharded_problem, (check_unit_interval("label_smoothing", label_smoothing),)
     p = prepare_classes(
         "logits",
         logits,

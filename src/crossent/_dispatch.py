@@ -38,6 +38,7 @@ __all__ = [
     "generic_only",
     "kernels",
     "public_function",
+    "sharded",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -195,3 +196,27 @@ def _is_torch_tensor(x: object) -> bool:
     # Never imports torch: a torch tensor can only exist once torch is in sys.modules.
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def sharded(
+    generic: Callable[..., Any],
+    process_group: object,
+    prepare: Callable[..., tuple[Any, tuple[Any, ...]]],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """``generic`` (a function of ``crossent._generic._sharded``) of arrays whose classes are
+    split among the processes of ``process_group``, from the public function's ``args`` and
+    ``kwargs``: ``prepare(*args, process_group=collectives, **kwargs)`` checks them, with the
+    group's collectives, and the backend's kernel computes the loss. ``torch.distributed`` is
+    the one backend (``_backends._torch_distributed``): other arrays are refused."""
+    if not (args and _is_torch_tensor(args[0])):
+        kind = type(args[0]) if args else type(None)
+        raise TypeError(
+            "process_group splits torch tensors among the processes of a torch.distributed "
+            f"group, got {kind.__module__}.{kind.__qualname__}; pass process_group=None"
+        )
+    from ._backends import _torch_distributed
+
+    return _torch_distributed.sharded(generic, process_group, prepare, *args, **kwargs)

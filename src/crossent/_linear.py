@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ._dispatch import dispatch, public_function
+from ._dispatch import dispatch, public_function, sharded
 from ._generic import _linear as generic
+from ._generic import _sharded
 from ._generic._arrays import is_eager
 from ._generic._linear import Linear, default_chunk_size
 from ._generic._problems import as_default_integer
@@ -37,6 +38,7 @@ def linear_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     chunk_size: int | None = None,
+    process_group: object = None,
 ) -> Array:
     r"""Cross-entropy of the logits of a linear layer, computed without making the logits.
 
@@ -88,6 +90,23 @@ def linear_cross_entropy(
         ``V = 128000``. The largest temporary is one array of ``chunk_size x V`` on NumPy and
         torch, two under ``jax.jit``; the standard-only path (CuPy, Dask, array-api-strict)
         makes a few, and one of the weight's size while it sums the weight's gradient.
+    process_group : torch.distributed.ProcessGroup, optional
+        Vocabulary parallelism: the classes are split among the processes of this group, and
+        every process calls ``linear_cross_entropy`` with its own slice. Process ``r`` (its
+        rank in the group) passes ``weight`` ``(V_r, D)`` and ``bias`` ``(V_r,)`` of the
+        ``r``-th contiguous slice of the ``V`` classes (slices may differ in size); ``hidden``,
+        ``target`` (class indices of all ``V`` classes) and ``class_weight`` (all ``V``
+        weights) are the same on every process. Each gets the loss of the whole, the value of
+        the unsharded call with the concatenated weights, and from ``loss.backward()`` the
+        gradient of ``hidden`` of the whole (the same on every process) and of its own slices
+        of ``weight`` and ``bias``. Each call runs an ``all_gather`` of the slices' sizes, then
+        per chunk of positions an ``all_reduce`` (``MAX``) of each position's maximum and one
+        (``SUM``) of its sum of exponentials, target logit and, with ``label_smoothing``, sum
+        of weighted logits, and an ``all_reduce`` (``SUM``) of ``hidden``'s gradient. With a
+        scalar ``reduction`` in float32 or float64 all of them run in the forward pass; with
+        ``"none"`` (or half precision) the backward pass makes the chunks, and runs their
+        collectives, again. Every process must differentiate the same arguments. torch
+        tensors and class indices only.
 
     Returns
     -------
@@ -98,7 +117,9 @@ def linear_cross_entropy(
     Raises
     ------
     TypeError
-        If an argument is not an array of ``hidden``'s library, or has the wrong dtype.
+        If an argument is not an array of ``hidden``'s library, or has the wrong dtype; if
+        ``process_group`` is not a ``torch.distributed.ProcessGroup``, comes with arrays other
+        than torch tensors or with class probabilities.
     ValueError
         If shapes do not fit (each shape is named), an option is out of its set, or (eager
         arrays only) a class index is outside ``[0, V)`` and is not ``ignore_index``; on lazy
@@ -132,6 +153,21 @@ def linear_cross_entropy(
     >>> bool(np.isclose(loss, cross_entropy(hidden @ weight.T, target)))
     True
     """
+    if process_group is not None:
+        return sharded(
+            _sharded.linear_cross_entropy,
+            process_group,
+            prepare_linear_cross_entropy,
+            hidden,
+            weight,
+            target,
+            bias,
+            class_weight=class_weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            chunk_size=chunk_size,
+        )
     p, options = prepare_linear_cross_entropy(
         hidden,
         weight,
@@ -157,8 +193,16 @@ def prepare_linear_cross_entropy(
     reduction: str,
     label_smoothing: float,
     chunk_size: int | None,
+    process_group: object = None,
 ) -> tuple[Linear, tuple[float]]:
-    """The checked arguments of :func:`linear_cross_entropy`: the problem and its options."""
+    """The checked arguments of :func:`linear_cross_entropy`: the problem and its options.
+
+    ``process_group`` is the group's :class:`~._generic._sharded.Collectives` where the
+    dispatcher prepares a sharded call: ``weight`` and ``bias`` hold a slice of the classes,
+    and the problem is a :class:`~._generic._sharded.ShardedLinear`."""
+    group = None
+    if process_group is not None:
+        group = _sharded.collectives("linear_cross_entropy", process_group)
     xp = get_namespace(
         ("hidden", hidden),
         ("weight", weight),
@@ -189,7 +233,7 @@ def prepare_linear_cross_entropy(
             f"{features} features per class, for hidden {shape_str(shape)}"
         )
     num_classes = int(weight.shape[0])
-    if num_classes == 0:
+    if num_classes == 0 and group is None:  # a process of a group may hold no class
         raise ValueError(f"weight of shape {shape_str(weight.shape)} has no classes (V = 0)")
     if bias is not None and tuple(bias.shape) != (num_classes,):
         raise ValueError(
@@ -199,13 +243,22 @@ def prepare_linear_cross_entropy(
     dtype = compute_dtype(xp, hidden.dtype)
     positions = shape[:-1]
     eager = is_eager(hidden, weight, target, bias, class_weight)
+    offset, classes = 0, num_classes  # classes: of the whole, where weight holds a slice
+    if group is not None:
+        _sharded.check_index_target(xp, target)
+        offset, classes = group.classes(num_classes)
+        if classes == 0:
+            raise ValueError(
+                f"weight of shape {shape_str(weight.shape)} has no classes (V = 0) on any "
+                "process of process_group"
+            )
     if xp.isdtype(target.dtype, "integral"):
         if tuple(target.shape) != positions:
             raise ValueError(
                 f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
                 f"hidden {shape_str(shape)} without its last axis"
             )
-        target = as_default_integer(xp, target, num_classes, ignore_index, eager)
+        target = as_default_integer(xp, target, classes, ignore_index, eager)
         flat_target = xp.reshape(target, (-1,))
     elif xp.isdtype(target.dtype, "real floating"):
         expected = (*positions, num_classes)
@@ -226,9 +279,9 @@ def prepare_linear_cross_entropy(
         )
     if class_weight is not None:
         of = f"weight {shape_str(weight.shape)}"
-        class_weight = check_class_weights(
-            xp, "class_weight", class_weight, num_classes, of, dtype
-        )
+        if group is not None:
+            of = f"the {classes} classes of weight over process_group"
+        class_weight = check_class_weights(xp, "class_weight", class_weight, classes, of, dtype)
     if chunk_size is None:
         rows = default_chunk_size(xp, num_elements(positions), num_classes, dtype)
     else:
@@ -236,7 +289,9 @@ def prepare_linear_cross_entropy(
         if rows < 1:
             raise ValueError(f"chunk_size must be a positive int, got {rows}")
 
-    problem = Linear(
+    # a slice of the classes: the place of the slice in the whole
+    sharding = {} if group is None else {"offset": offset, "total_classes": classes}
+    problem = (Linear if group is None else _sharded.ShardedLinear)(
         xp=xp,
         reduction=reduction,
         dtype=hidden.dtype,
@@ -249,7 +304,8 @@ def prepare_linear_cross_entropy(
         ignore_index=ignore_index,
         chunk_size=rows,
         hidden_shape=shape,
+        **sharding,
     )
     if eager and problem.index_target:
-        check_class_indices(xp, flat_target, num_classes, ignore_index)
+        check_class_indices(xp, flat_target, classes, ignore_index)
     return problem, (smoothing,)

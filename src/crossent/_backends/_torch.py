@@ -528,9 +528,11 @@ def direct_cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    process_group: object = None,
 ) -> Array:
     if not (
-        isinstance(target, torch.Tensor)
+        process_group is None  # classes split among processes: the sharded path
+        and isinstance(target, torch.Tensor)
         and _same_dtype(logits, weight, target if target.is_floating_point() else None)
         and _plain(logits, axis, reduction, ignore_index, label_smoothing)
         and type(ignore_index) is int

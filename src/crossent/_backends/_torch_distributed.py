@@ -1,0 +1,222 @@
+"""Kernels for torch tensors whose classes are split among the processes of a
+``torch.distributed`` group: the ``process_group`` of ``cross_entropy`` and
+``linear_cross_entropy``.
+
+The math is ``crossent._generic._sharded``'s; this module gives it ``torch.distributed``'s
+collectives (:class:`TorchCollectives`) and torch's autograd: each loss is a
+``torch.autograd.Function`` whose forward pass computes the loss and its gradient together, and
+whose backward pass scales that gradient by the upstream one (no collective). The dispatcher
+reaches it through :func:`sharded`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .._generic import _linear, _sharded
+from .._generic._problems import Pass
+from .._generic._sharded import ShardedClasses, ShardedLinear
+from .._typing import Array
+
+__all__ = ["KERNELS", "TorchCollectives", "sharded"]
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+class TorchCollectives(_sharded.Collectives):
+    """:class:`~crossent._generic._sharded.Collectives` over a ``torch.distributed`` process
+    group: ``all_gather`` of the class counts, ``all_reduce`` with ``MAX`` and ``SUM``."""
+
+    def __init__(self, group: Any, device: torch.device) -> None:
+        self.group = group
+        self.device = device
+
+    @classmethod
+    def of(cls, process_group: object, device: torch.device) -> TorchCollectives:
+        """The collectives of ``process_group``, checked, for tensors on ``device``."""
+        distributed = torch.distributed
+        if not distributed.is_available():
+            raise TypeError(
+                "process_group needs torch.distributed, which this build of torch does not have"
+            )
+        if not isinstance(process_group, distributed.ProcessGroup):
+            kind = type(process_group)
+            raise TypeError(
+                "process_group must be a torch.distributed ProcessGroup (such as "
+                "torch.distributed.group.WORLD or one made by torch.distributed.new_group), "
+                f"got {kind.__module__}.{kind.__qualname__}"
+            )
+        return cls(process_group, device)
+
+    def classes(self, local: int) -> tuple[int, int]:
+        count = torch.tensor([local], dtype=torch.int64, device=self.device)
+        counts = [torch.empty_like(count) for _ in range(self.group.size())]
+        torch.distributed.all_gather(counts, count, group=self.group)
+        sizes = [int(c) for c in torch.cat(counts).tolist()]
+        return sum(sizes[: self.group.rank()]), sum(sizes)
+
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(x, torch.distributed.ReduceOp.MAX)
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(x, torch.distributed.ReduceOp.SUM)
+
+    def _all_reduce(self, x: torch.Tensor, op: Any) -> torch.Tensor:
+        x = x.contiguous()
+        torch.distributed.all_reduce(x, op=op, group=self.group)
+        return x
+
+
+# --- cross_entropy ----------------------------------------------------------------------------
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
+    """The sharded cross-entropy of this process's logits (class axis last): the loss of the
+    whole from the forward pass's two all-reduces, and its gradient with respect to these
+    logits, made in the same pass and scaled by the upstream gradient in the backward pass."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        predictions: torch.Tensor,
+        p: ShardedClasses,
+        smoothing: float,
+        group: TorchCollectives,
+    ) -> torch.Tensor:
+        result = _sharded.cross_entropy_pass(p, smoothing, group, gradient=True)
+        # in the layout of ``predictions`` (class axis last) and the compute dtype: rounded to
+        # the input dtype only once the upstream gradient (a loss scale) is in it
+        layout = dataclasses.replace(p, dtype=p.compute_dtype, axis=len(p.predictions.shape) - 1)
+        ctx.gradient = layout.reduced_gradient(result)
+        ctx.kept = result.kept if p.reduction == "none" else None
+        ctx.dtype = p.dtype
+        out: torch.Tensor = p.reduce(result)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad: torch.Tensor = ctx.gradient
+        scale = upstream.to(grad.dtype)
+        if ctx.kept is not None:  # one upstream gradient per position; none at ignored ones
+            scale = torch.where(ctx.kept, scale, 0.0)[..., None]
+        return (grad * scale).to(ctx.dtype), None, None, None
+
+
+def cross_entropy(p: ShardedClasses, smoothing: float, group: TorchCollectives) -> Array:
+    if p.weight is not None and p.weight.requires_grad:
+        raise TypeError(
+            "cross_entropy with process_group is differentiated in logits only, not in its "
+            "weight; pass weight.detach()"
+        )
+    if not torch.is_grad_enabled() or not p.predictions.requires_grad:
+        with torch.no_grad():
+            return _sharded.cross_entropy(p, smoothing, group)
+    out: torch.Tensor = _ShardedCrossEntropy.apply(p.predictions, p, smoothing, group)
+    return out
+
+
+# --- linear_cross_entropy ---------------------------------------------------------------------
+
+
+class _ShardedLinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
+    """``linear_cross_entropy`` of this process's slice of the classes, chunk by chunk.
+
+    With a scalar reduction (float32 and float64) the gradients are made in the forward pass,
+    the hidden one summed over the group there, and the backward pass scales them. With
+    ``reduction="none"`` (or half precision) the backward pass makes each chunk again, with its
+    collectives, times the upstream gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        p: ShardedLinear,
+        smoothing: float,
+        group: TorchCollectives,
+    ) -> torch.Tensor:
+        wanted = (
+            bool(ctx.needs_input_grad[0]),
+            bool(ctx.needs_input_grad[1]),
+            bias is not None and bool(ctx.needs_input_grad[2]),
+        )
+        early = p.reduction != "none" and any(wanted) and p.hidden.dtype in _FLOATS
+        factor = _linear.gradient_factor(p) if early else None
+        losses, *gradients = _sharded.linear_pass(
+            p, smoothing, group, wanted if early else _linear.NO_GRADIENTS, factor
+        )
+        ctx.problem, ctx.smoothing, ctx.group = p, smoothing, group
+        ctx.wanted, ctx.early = wanted, early
+        ctx.gradients = gradients if early else None
+        out: torch.Tensor = p.reduce(Pass(losses, p.denominator()))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        p: ShardedLinear = ctx.problem
+        if ctx.early:
+            gradients, ctx.gradients = ctx.gradients, None
+            if gradients is None:
+                raise RuntimeError(
+                    "linear_cross_entropy made its gradients in the forward pass, and the first "
+                    "backward pass took them: call linear_cross_entropy again to go backward "
+                    "through it again"
+                )
+            scale = upstream.to(p.compute_dtype)
+            for g in gradients:  # in place: a copy of the weight's gradient would be the peak
+                if g is not None:
+                    g.mul_(scale.to(g.dtype))
+        else:
+            factor = _linear.upstream_factor(p, upstream)
+            _, *gradients = _sharded.linear_pass(p, ctx.smoothing, ctx.group, ctx.wanted, factor)
+        d_hidden, d_weight, d_bias = _linear.finish_gradients(p, ctx.wanted, *gradients)
+        if d_hidden is not None:  # the flattened positions this function was given
+            d_hidden = d_hidden.reshape(p.hidden.shape)
+        return d_hidden, d_weight, d_bias, None, None, None
+
+
+def linear_cross_entropy(p: ShardedLinear, smoothing: float, group: TorchCollectives) -> Array:
+    differentiable = [x for x in (p.hidden, p.weight, p.bias) if x is not None]
+    if not torch.is_grad_enabled() or not any(x.requires_grad for x in differentiable):
+        with torch.no_grad():
+            return _sharded.linear_cross_entropy(p, smoothing, group)
+    if p.class_weight is not None and p.class_weight.requires_grad:
+        raise TypeError(
+            "linear_cross_entropy is differentiated in hidden, weight and bias only, not in its "
+            "class_weight; pass class_weight.detach()"
+        )
+    out: torch.Tensor = _ShardedLinearCrossEntropy.apply(
+        p.hidden, p.weight, p.bias, p, smoothing, group
+    )
+    return out
+
+
+#: The generic sharded function -> its kernel here, with the same arguments.
+KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
+    _sharded.cross_entropy: cross_entropy,
+    _sharded.linear_cross_entropy: linear_cross_entropy,
+}
+
+
+def sharded(
+    generic: Callable[..., Any],
+    process_group: object,
+    prepare: Callable[..., tuple[Any, tuple[Any, ...]]],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> Array:
+    """``generic`` over ``process_group``: ``prepare(*args, process_group=collectives,
+    **kwargs)`` checks the public function's arguments into a problem and its options, and the
+    kernel of ``generic`` computes it. ``args[0]`` is a torch tensor."""
+    group = TorchCollectives.of(process_group, args[0].device)
+    problem, options = prepare(*args, process_group=group, **kwargs)
+    return KERNELS[generic](problem, *options, group)

@@ -1,0 +1,372 @@
+"""Cross-entropy over classes split among processes: each holds a contiguous slice of the class
+axis, and the losses are those of the whole.
+
+Member ``r`` of a group holds the logits of classes ``[offset_r, offset_r + C_r)``; the target
+(class indices of the whole, ``[0, C)``) and the class weights (all ``C``) are the same on every
+member. Each row's log normaliser and target logit are sums over the members, made with two
+all-reduces (as Megatron-LM's vocabulary-parallel cross-entropy):
+
+1. ``MAX`` of each row's maximum: the shift ``m``, the same on every member;
+2. ``SUM`` of three numbers per row, stacked: ``sum_c exp(x_c - m)``, the target's shifted logit
+   ``x_y - m`` (0 on the members that do not hold ``y``) and, with label smoothing,
+   ``sum_c w_c (x_c - m)``.
+
+Every member then has the whole row's statistics, hence the loss of the whole, and the gradient
+with respect to its own logits, which needs nothing from the others. The math is
+:mod:`._categorical`'s (:class:`~._categorical.IndexTerms`, :func:`~._categorical.pick_classes`)
+and, for ``linear_cross_entropy``, :mod:`._linear`'s chunks; only the row statistics are summed
+over the group, by a :class:`Collectives` the backend gives (``torch.distributed``'s in
+``crossent._backends._torch_distributed``; JAX's ``shard_map`` would give ``lax.pmax`` and
+``lax.psum``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from array_api_compat import device
+
+from .._typing import Array, Namespace
+from .._validation import (
+    check_class_indices,
+    check_class_weights,
+    check_index,
+    check_real_floating,
+    check_reduction,
+    compute_dtype,
+    get_namespace,
+    normalize_axis,
+    shape_str,
+)
+from ._arrays import constant, is_eager
+from ._categorical import IndexTerms, pick_classes, take_class
+from ._linear import (
+    NO_GRADIENTS,
+    Linear,
+    Wanted,
+    chunk_gradients,
+    finish_gradients,
+    gradient_factor,
+    rows_of,
+)
+from ._problems import Classes, Pass, as_default_integer
+from ._stable import mark_bad, safe_log
+
+__all__ = [
+    "Collectives",
+    "ShardedClasses",
+    "ShardedLinear",
+    "check_index_target",
+    "chunk_pass",
+    "collectives",
+    "cross_entropy",
+    "cross_entropy_pass",
+    "cross_entropy_value_and_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_value_and_grad",
+    "linear_pass",
+    "prepare_classes",
+]
+
+
+@runtime_checkable
+class Collectives(Protocol):
+    """The operations over a group of processes that the sharded losses need.
+
+    Every member calls each of them, in the same order, with arrays of the same shape.
+    """
+
+    def classes(self, local: int) -> tuple[Any, int]:
+        """``(offset, total)``: the first class of this member's slice of ``local`` classes,
+        and the number of classes of the whole (the members' slices, in rank order)."""
+        ...
+
+    def max(self, x: Array) -> Array:
+        """The elementwise maximum of ``x`` over the members (``x`` may be overwritten)."""
+        ...
+
+    def sum(self, x: Array) -> Array:
+        """The elementwise sum of ``x`` over the members (``x`` may be overwritten)."""
+        ...
+
+
+def collectives(loss: str, process_group: object) -> Collectives:
+    """``process_group`` as the dispatcher passes it to a public function's ``prepare_*``: the
+    group's :class:`Collectives`. Anything else comes from a caller of ``value_and_grad`` or
+    ``grad``, which do not split classes."""
+    if not isinstance(process_group, Collectives):
+        raise TypeError(
+            "crossent.value_and_grad and crossent.grad do not take process_group: "
+            f"differentiate {loss}(..., process_group=...) with torch's autograd "
+            "(loss.backward())"
+        )
+    return process_group
+
+
+def check_index_target(xp: Namespace, target: Array) -> None:
+    """A sharded loss takes class indices only."""
+    if not xp.isdtype(target.dtype, "integral"):
+        raise TypeError(
+            f"target must hold class indices, an integer dtype, with process_group, got "
+            f"{target.dtype}: class probabilities are not split among processes"
+        )
+
+
+@dataclass(frozen=True)
+class ShardedClasses(Classes):
+    """A :class:`~._problems.Classes` whose predictions are one member's slice of the classes:
+    ``num_classes`` is the whole's; ``target`` and ``weight`` are the whole's."""
+
+    #: The first class of this member's slice (an int, or a 0-d integer array under tracing).
+    offset: Any
+    #: The classes of the whole.
+    total_classes: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.total_classes
+
+    @property
+    def local_classes(self) -> int:
+        return int(self.predictions.shape[-1])
+
+
+def prepare_classes(
+    logits: Array,
+    target: Array,
+    group: Collectives,
+    *,
+    axis: object,
+    weight: Array | None,
+    ignore_index: object,
+    reduction: object,
+) -> ShardedClasses:
+    """Check the arguments of a sharded ``cross_entropy`` (class indices only) and put them in
+    canonical form; ``group.classes`` (a collective) gives the slice's place in the whole."""
+    xp = get_namespace(("logits", logits), ("target", target), ("weight", weight))
+    check_real_floating(xp, "logits", logits)
+    ax = normalize_axis("logits", logits, axis)
+    reduction = check_reduction(reduction)
+    ignore_index = check_index("ignore_index", ignore_index)
+    shape = tuple(logits.shape)
+    positions = shape[:ax] + shape[ax + 1 :]
+    check_index_target(xp, target)
+    if tuple(target.shape) != positions:
+        raise ValueError(
+            f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
+            f"logits {shape_str(shape)} without class axis {axis}"
+        )
+    offset, total = group.classes(int(shape[ax]))
+    if total == 0:
+        raise ValueError(
+            f"logits of shape {shape_str(shape)} has no classes along axis {axis} on any process "
+            "of process_group"
+        )
+    eager = is_eager(logits, target, weight)
+    dtype = compute_dtype(xp, logits.dtype)
+    target = as_default_integer(xp, target, total, ignore_index, eager)
+    if weight is not None:
+        of = f"the {total} classes of logits along axis {axis}, over process_group"
+        weight = check_class_weights(xp, "weight", weight, total, of, dtype)
+    if eager:
+        check_class_indices(xp, target, total, ignore_index)
+    return ShardedClasses(
+        xp=xp,
+        reduction=reduction,
+        dtype=logits.dtype,
+        eager=eager,
+        predictions=xp.moveaxis(logits, ax, -1),
+        target=target,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=ax,
+        offset=offset,
+        total_classes=total,
+    )
+
+
+# --- cross_entropy ----------------------------------------------------------------------------
+
+
+def cross_entropy_pass(
+    p: ShardedClasses, smoothing: float, group: Collectives, *, gradient: bool
+) -> Pass:
+    """Per-position cross-entropy of the whole, and with ``gradient`` the gradient of its sum
+    with respect to this member's logits: :func:`._categorical.cross_entropy_pass` with the row
+    statistics summed over ``group`` (one ``max``, one ``sum``)."""
+    xp = p.xp
+    scores = p.scores()
+    local = p.local_classes
+    on = device(scores)
+    positions = tuple(scores.shape[:-1])
+    if local:
+        row_max = xp.max(scores, axis=-1)
+    else:  # a member may hold no class
+        row_max = xp.full(positions, -xp.inf, dtype=scores.dtype, device=on)
+    row_max = group.max(row_max)
+    # a row of all -inf: shifted by 0, so that exp gives 0, not NaN (as stable_max)
+    shift = constant(xp, xp.where(row_max == -xp.inf, 0.0, row_max))[..., None]
+    shifted = scores - shift
+    exp_shifted = xp.exp(shifted)
+
+    pick = pick_classes(
+        xp, p.target, p.num_classes, p.weight, p.ignore_index, p.eager, p.compute_dtype
+    )
+    classes = xp.arange(local, dtype=pick.index.dtype, device=on)
+    if p.weight is None:
+        terms = IndexTerms(pick, smoothing, 1.0, float(p.num_classes))
+    else:  # this member's weights for its rows, their sum over every class
+        terms = IndexTerms(
+            pick, smoothing, xp.take(p.weight, classes + p.offset), xp.sum(p.weight)
+        )
+    index = pick.index - p.offset
+    here = pick.kept & (index >= 0) & (index < local)
+    index = xp.where(here, index, 0)
+    statistics = [xp.sum(exp_shifted, axis=-1)]
+    if local:
+        picked = take_class(xp, shifted, index)
+        statistics.append(xp.where(here, picked, 0.0))
+    else:
+        statistics.append(xp.zeros(positions, dtype=scores.dtype, device=on))
+    if smoothing > 0.0:
+        statistics.append(xp.sum(shifted * terms.class_weights, axis=-1))
+    summed = group.sum(xp.stack(statistics, axis=0))
+    total = summed[0, ...]
+    log_norm = safe_log(xp, total)
+    loss = terms.loss(p, log_norm, summed[1, ...], summed[2, ...] if smoothing > 0.0 else None)
+    if not gradient:
+        return Pass(loss, terms.weight_sum(p))
+
+    grad = exp_shifted * (terms.softmax_coefficient(p) / total)[..., None]
+    smoothing_term = terms.smoothing_term(p)
+    if smoothing_term is not None:
+        grad = grad - smoothing_term
+    target = (index[..., None] == classes) & here[..., None]
+    grad = xp.where(target, grad - terms.target_term()[..., None], grad)
+    return Pass(loss, terms.weight_sum(p), mark_bad(xp, grad, pick.bad_rows()), pick.kept)
+
+
+def cross_entropy(p: ShardedClasses, smoothing: float, group: Collectives) -> Array:
+    return p.reduce(cross_entropy_pass(p, smoothing, group, gradient=False))
+
+
+def cross_entropy_value_and_grad(
+    p: ShardedClasses, smoothing: float, group: Collectives
+) -> tuple[Array, Array]:
+    """The reduced loss of the whole, and its gradient with respect to this member's logits."""
+    return p.value_and_grad(cross_entropy_pass(p, smoothing, group, gradient=True))
+
+
+# --- linear_cross_entropy ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardedLinear(Linear):
+    """A :class:`~._linear.Linear` whose ``weight`` and ``bias`` are one member's slice of the
+    classes: ``num_classes`` is the whole's; ``target`` and ``class_weight`` are the whole's;
+    ``hidden`` is the same on every member."""
+
+    #: The first class of this member's slice.
+    offset: Any
+    #: The classes of the whole.
+    total_classes: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.total_classes
+
+    def chunk(self, logits: Array, target: Array) -> ShardedClasses:
+        """The sharded cross-entropy problem of one chunk: its logits (this member's classes)
+        and its rows of the target."""
+        return ShardedClasses(
+            xp=self.xp,
+            reduction="sum",
+            dtype=self.compute_dtype,
+            eager=self.eager,
+            predictions=logits,
+            target=target,
+            weight=self.class_weight,
+            ignore_index=self.ignore_index,
+            axis=1,
+            offset=self.offset,
+            total_classes=self.total_classes,
+        )
+
+
+def chunk_pass(
+    p: ShardedLinear,
+    smoothing: float,
+    group: Collectives,
+    hidden: Array,
+    target: Array,
+    factor: Array | float | None,
+    *,
+    gradient: bool,
+) -> tuple[Array, Array | None]:
+    """:func:`._linear.chunk_pass` of a slice of the classes: the losses of one chunk of
+    positions (of the whole), and with ``gradient`` the gradient of their sum with respect to
+    this member's logits of the chunk, each row times its ``factor``."""
+    xp = p.xp
+    chunk = p.chunk(p.logits(hidden), target)
+    result = cross_entropy_pass(chunk, smoothing, group, gradient=gradient)
+    g = result.gradient
+    if g is not None and isinstance(factor, float):
+        g = g * factor
+    elif g is not None and factor is not None:
+        rows: Array = factor
+        g = g * (rows if len(rows.shape) == 0 else rows[:, None])
+    return result.loss, None if g is None else xp.astype(g, p.compute_dtype, copy=False)
+
+
+def linear_pass(
+    p: ShardedLinear,
+    smoothing: float,
+    group: Collectives,
+    wanted: Wanted,
+    factor: Array | float | None,
+) -> tuple[Array, Array | None, Array | None, Array | None]:
+    """Every chunk: the positions' losses, and the gradients ``wanted`` of their sum (each row
+    times its ``factor``): of ``hidden`` summed over ``group`` (each member's classes add their
+    share), of this member's ``weight`` and ``bias``. Unfinished: flat, compute dtype."""
+    xp = p.xp
+    gradient = any(wanted)
+    losses, d_hidden = [], []
+    d_weight = d_bias = None
+    for start, stop in p.spans():
+        hidden, target = p.hidden[start:stop, ...], p.target[start:stop, ...]
+        rows = rows_of(factor, start, stop)
+        loss, g = chunk_pass(p, smoothing, group, hidden, target, rows, gradient=gradient)
+        losses.append(loss)
+        if g is None:
+            continue
+        dh, dw, db = chunk_gradients(p, g, hidden, wanted)
+        if dh is not None:
+            d_hidden.append(dh)
+        if dw is not None:
+            d_weight = dw if d_weight is None else d_weight + dw
+        if db is not None:
+            d_bias = db if d_bias is None else d_bias + db
+    on = device(p.hidden)
+    if not losses:  # no positions: no collective either, on any member
+        return xp.zeros((0,), dtype=p.compute_dtype, device=on), None, d_weight, d_bias
+    summed = None
+    if d_hidden:
+        summed = group.sum(d_hidden[0] if len(d_hidden) == 1 else xp.concat(d_hidden, axis=0))
+    joined = losses[0] if len(losses) == 1 else xp.concat(losses, axis=0)
+    return joined, summed, d_weight, d_bias
+
+
+def linear_cross_entropy(p: ShardedLinear, smoothing: float, group: Collectives) -> Array:
+    losses = linear_pass(p, smoothing, group, NO_GRADIENTS, None)[0]
+    return p.reduce(Pass(losses, p.denominator()))
+
+
+def linear_cross_entropy_value_and_grad(
+    p: ShardedLinear, smoothing: float, group: Collectives, wanted: Wanted
+) -> tuple[Array, tuple[Array | None, Array | None, Array | None]]:
+    """The reduced loss of the whole and the gradients ``wanted``: of ``hidden`` (the whole's,
+    the same on every member), of this member's ``weight`` and ``bias``."""
+    losses, *gradients = linear_pass(p, smoothing, group, wanted, gradient_factor(p))
+    value = p.reduce(Pass(losses, p.denominator()))
+    return value, finish_gradients(p, wanted, gradients[0], gradients[1], gradients[2])
