@@ -36,6 +36,9 @@ class Session:
     available: str | None
     #: Whether the backend has tests marked slow, which ``nox -s slow`` runs.
     slow_tests: bool = False
+    #: What runs over several devices or processes, and how it is tested: the support
+    #: matrix's "distributed" column.
+    distributed: str = "one process"
 
 
 def _read(path: Path) -> list[Session]:
@@ -53,6 +56,7 @@ def _read(path: Path) -> list[Session]:
                 test_devices=tuple(device["test_devices"]),
                 available=device.get("available"),
                 slow_tests=bool(spec.get("slow_tests", False)),
+                distributed=str(spec.get("distributed", "one process")),
             )
         )
     return out

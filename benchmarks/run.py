@@ -281,6 +281,26 @@ def plot(results: list[harness.Comparison], machine: dict[str, Any], path: Path)
     plt.close(fig)
 
 
+def dask_cluster(shape: str) -> dict[str, Any]:
+    """``benchmarks/dask_cluster.py`` in a process of its own (its cluster's workers are
+    processes too): throughput and memory per worker, printed and returned."""
+    import subprocess
+
+    script = HERE / "dask_cluster.py"
+    command = [sys.executable, str(script), shape, "--workers", "2", "--memory-limit", "1GiB"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    record: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    limit = record["worker_memory_limit"]
+    print(f"\nDask, {record['workers']} workers of {_mib(limit)} MiB, {shape} float32 logits:")
+    for side in ("crossent", "standard_only", "numpy"):
+        result = record[side]
+        peak = result.get("peak_worker_bytes")
+        memory = "" if peak is None else f", peak worker {_mib(peak)} MiB"
+        failed = f" ({result['error']})" if result.get("error") else ""
+        print(f"  {side:<14} {result['gb_per_second']:5.2f} GB/s{memory}{failed}")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -300,8 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suites",
         nargs="+",
-        default=["numpy", "torch", "jax", "linear"],
-        choices=["numpy", "torch", "jax", "linear"],
+        default=["numpy", "torch", "jax", "linear", "dask"],
+        choices=["numpy", "torch", "jax", "linear", "dask"],
+    )
+    parser.add_argument(
+        "--dask-shape",
+        default="32768x32768",
+        help="N x C of the Dask cluster's float32 logits (multiples of 2048 x 4096)",
     )
     parser.add_argument("--pairs", type=int, default=11, help="interleaved pairs per case")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
@@ -328,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     print()
     print(table(results))
+    cluster = dask_cluster(args.dask_shape) if "dask" in args.suites else None
     payload = {
         "machine": machine,
         "versions": _versions(),
@@ -345,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "linear_memory_share": LINEAR_MEMORY_SHARE,
         "results": [r.as_dict() for r in results],
+        "dask_cluster": cluster,
     }
     args.output.write_text(json.dumps(payload, indent=1) + "\n")
     plot(results, machine, args.plot)

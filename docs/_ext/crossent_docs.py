@@ -128,6 +128,9 @@ def _probe(spec: matrix.Session) -> dict[str, str]:
             lazy = crossent.cross_entropy(module.from_array(_LOGITS, chunks=2), target)
         built_lazily = not computed and type(lazy).__module__.startswith("dask")
         out["lazy"] = "built lazily: " + (YES if built_lazily else NO)
+    # declared, not probed: a cluster is no probe for a docs build; `code` in the file is
+    # Markdown's, and this table is reStructuredText
+    out["distributed"] = spec.distributed.replace("`", "``")
     out["linear_cross_entropy"] = _probe_linear(spec, module)
     return out
 
@@ -138,6 +141,7 @@ _CAPABILITIES = [
     "jit",
     "autodiff",
     "lazy",
+    "distributed",
     "linear_cross_entropy",
 ]
 
