@@ -112,7 +112,10 @@ def is_target_class(p: Classes, pick: Picks) -> Array:
     elsewhere it is one byte per entry for the length of one expression.
     """
     xp = p.xp
-    classes = xp.arange(p.num_classes, dtype=pick.index.dtype, device=device(pick.index))
+    classes = xp.arange(p.local_classes, dtype=pick.index.dtype, device=device(pick.index))
+    offset = p.class_offset
+    if not (isinstance(offset, int) and offset == 0):  # a slice of the classes
+        classes = classes + offset
     return pick.index[..., None] == classes
 
 
@@ -147,7 +150,9 @@ class IndexTerms:
     def of(cls, p: Classes, smoothing: float) -> IndexTerms:
         if p.weight is None:
             return cls(picks(p), smoothing, 1.0, float(p.num_classes))
-        return cls(picks(p), smoothing, p.weight, p.xp.sum(p.weight))
+        local = p.local_weight()
+        assert local is not None
+        return cls(picks(p), smoothing, local, p.xp.sum(p.weight))
 
     def loss(self, p: Classes, log_norm: Array, picked: Array, shifted_sum: Array | None) -> Array:
         """The loss of each position from its three row statistics."""

@@ -166,7 +166,24 @@ class Classes(Problem):
 
     @property
     def num_classes(self) -> int:
+        """The classes of the loss: those of the predictions, but for a slice of them
+        (``_sharded``), the whole's."""
         return int(self.predictions.shape[-1])
+
+    @property
+    def local_classes(self) -> int:
+        """The classes the predictions hold."""
+        return int(self.predictions.shape[-1])
+
+    @property
+    def class_offset(self) -> object:
+        """The class of the predictions' first: 0, but for a slice of the classes split among
+        processes (``_sharded``), where it is an int or a 0-d integer array."""
+        return 0
+
+    def local_weight(self) -> Array | None:
+        """The class weights of the classes the predictions hold (all of ``weight`` here)."""
+        return self.weight
 
     @property
     def num_positions(self) -> int:

@@ -22,6 +22,7 @@ over the group, by a :class:`Collectives` the backend gives (``torch.distributed
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,8 +40,9 @@ from .._validation import (
     normalize_axis,
     shape_str,
 )
+from . import _categorical
 from ._arrays import constant, is_eager
-from ._categorical import IndexTerms, pick_classes, take_class
+from ._categorical import RowStatistics, take_class
 from ._linear import (
     NO_GRADIENTS,
     Linear,
@@ -51,7 +53,6 @@ from ._linear import (
     rows_of,
 )
 from ._problems import Classes, Pass, as_default_integer
-from ._stable import mark_bad, safe_log
 
 __all__ = [
     "Collectives",
@@ -67,6 +68,7 @@ __all__ = [
     "linear_cross_entropy_value_and_grad",
     "linear_pass",
     "prepare_classes",
+    "row_statistics",
 ]
 
 
@@ -128,8 +130,17 @@ class ShardedClasses(Classes):
         return self.total_classes
 
     @property
-    def local_classes(self) -> int:
-        return int(self.predictions.shape[-1])
+    def class_offset(self) -> Any:
+        return self.offset
+
+    def local_weight(self) -> Array | None:
+        if self.weight is None:
+            return None
+        xp = self.xp
+        classes = xp.arange(
+            self.local_classes, dtype=self.target.dtype, device=device(self.target)
+        )
+        return xp.take(self.weight, classes + self.offset, axis=0)
 
 
 def prepare_classes(
@@ -189,12 +200,13 @@ def prepare_classes(
 # --- cross_entropy ----------------------------------------------------------------------------
 
 
-def cross_entropy_pass(
-    p: ShardedClasses, smoothing: float, group: Collectives, *, gradient: bool
-) -> Pass:
-    """Per-position cross-entropy of the whole, and with ``gradient`` the gradient of its sum
-    with respect to this member's logits: :func:`._categorical.cross_entropy_pass` with the row
-    statistics summed over ``group`` (one ``max``, one ``sum``)."""
+def row_statistics(
+    group: Collectives, p: Classes, index: Array | None, coefficients: Array | float | None
+) -> RowStatistics:
+    """:func:`._categorical.row_statistics` of the whole rows, from this member's slice of
+    them: the maximum over ``group`` (one ``max``), then the sum of exponentials, the target's
+    shifted logit (0 on the members that do not hold the target) and the weighted sum, summed
+    over ``group`` (one ``sum`` of the three, stacked)."""
     xp = p.xp
     scores = p.scores()
     local = p.local_classes
@@ -209,42 +221,31 @@ def cross_entropy_pass(
     shift = constant(xp, xp.where(row_max == -xp.inf, 0.0, row_max))[..., None]
     shifted = scores - shift
     exp_shifted = xp.exp(shifted)
-
-    pick = pick_classes(
-        xp, p.target, p.num_classes, p.weight, p.ignore_index, p.eager, p.compute_dtype
-    )
-    classes = xp.arange(local, dtype=pick.index.dtype, device=on)
-    if p.weight is None:
-        terms = IndexTerms(pick, smoothing, 1.0, float(p.num_classes))
-    else:  # this member's weights for its rows, their sum over every class
-        terms = IndexTerms(
-            pick, smoothing, xp.take(p.weight, classes + p.offset), xp.sum(p.weight)
-        )
-    index = pick.index - p.offset
-    here = pick.kept & (index >= 0) & (index < local)
-    index = xp.where(here, index, 0)
     statistics = [xp.sum(exp_shifted, axis=-1)]
-    if local:
-        picked = take_class(xp, shifted, index)
-        statistics.append(xp.where(here, picked, 0.0))
-    else:
-        statistics.append(xp.zeros(positions, dtype=scores.dtype, device=on))
-    if smoothing > 0.0:
-        statistics.append(xp.sum(shifted * terms.class_weights, axis=-1))
+    if index is not None:
+        local_index = index - p.class_offset
+        here = (local_index >= 0) & (local_index < local)
+        if local:
+            picked = take_class(xp, shifted, xp.where(here, local_index, 0))
+            statistics.append(xp.where(here, picked, 0.0))
+        else:
+            statistics.append(xp.zeros(positions, dtype=scores.dtype, device=on))
+    if coefficients is not None:
+        statistics.append(xp.sum(shifted * coefficients, axis=-1))
     summed = group.sum(xp.stack(statistics, axis=0))
-    total = summed[0, ...]
-    log_norm = safe_log(xp, total)
-    loss = terms.loss(p, log_norm, summed[1, ...], summed[2, ...] if smoothing > 0.0 else None)
-    if not gradient:
-        return Pass(loss, terms.weight_sum(p))
+    picked = summed[1, ...] if index is not None else None
+    shifted_sum = summed[-1, ...] if coefficients is not None else None
+    return RowStatistics(shift, summed[0, ...], picked, shifted_sum, None, exp_shifted)
 
-    grad = exp_shifted * (terms.softmax_coefficient(p) / total)[..., None]
-    smoothing_term = terms.smoothing_term(p)
-    if smoothing_term is not None:
-        grad = grad - smoothing_term
-    target = (index[..., None] == classes) & here[..., None]
-    grad = xp.where(target, grad - terms.target_term()[..., None], grad)
-    return Pass(loss, terms.weight_sum(p), mark_bad(xp, grad, pick.bad_rows()), pick.kept)
+
+def cross_entropy_pass(
+    p: ShardedClasses, smoothing: float, group: Collectives, *, gradient: bool
+) -> Pass:
+    """Per-position cross-entropy of the whole, and with ``gradient`` the gradient of its sum
+    with respect to this member's logits: :func:`._categorical.cross_entropy_pass`, whose row
+    statistics are summed over ``group``."""
+    statistics = functools.partial(row_statistics, group)
+    return _categorical.cross_entropy_pass(p, smoothing, gradient=gradient, statistics=statistics)
 
 
 def cross_entropy(p: ShardedClasses, smoothing: float, group: Collectives) -> Array:
