@@ -332,6 +332,14 @@ def _linear_chunk(
     return loss, logits
 
 
+#: What runs the chunks of ``linear_cross_entropy``: ``(problem, smoothing, wanted, factor)`` to
+#: the positions' losses and the gradients of hidden, weight and bias (None where not wanted).
+LinearPass = Callable[
+    [Linear, float, tuple[bool, bool, bool], Any],
+    tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+]
+
+
 def _linear_pass(
     p: Linear,
     smoothing: float,
@@ -387,20 +395,21 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         bias: torch.Tensor | None,
         p: Linear,
         smoothing: float,
+        run: LinearPass | None = None,
     ) -> torch.Tensor:
         wanted = (
             bool(ctx.needs_input_grad[0]),
             bool(ctx.needs_input_grad[1]),
             bias is not None and bool(ctx.needs_input_grad[2]),
         )
+        run = _linear_pass if run is None else run
         # float16: the gradient is rounded to the input dtype with the upstream one (a loss
         # scale) already in it, as the dense computation rounds it, so the backward pass makes it
         early = p.reduction != "none" and any(wanted) and p.hidden.dtype in _FLOATS
         factor = _linear.gradient_factor(p) if early else None
-        losses, *gradients = _linear_pass(
-            p, smoothing, wanted if early else _linear.NO_GRADIENTS, factor
-        )
+        losses, *gradients = run(p, smoothing, wanted if early else _linear.NO_GRADIENTS, factor)
         ctx.problem, ctx.smoothing, ctx.wanted, ctx.early = p, smoothing, wanted, early
+        ctx.run = run
         # Ours, not the graph's: the backward pass scales them in place and hands them over
         ctx.gradients = gradients if early else None
         return p.reduce(Pass(losses, p.denominator()))
@@ -423,19 +432,23 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
                     g.mul_(scale.to(g.dtype))
         else:
             factor = _linear.upstream_factor(p, upstream)
-            _, *gradients = _linear_pass(p, ctx.smoothing, ctx.wanted, factor)
+            _, *gradients = ctx.run(p, ctx.smoothing, ctx.wanted, factor)
         d_hidden, d_weight, d_bias = _linear.finish_gradients(p, ctx.wanted, *gradients)
         if d_hidden is not None:  # the flattened positions this function was given
             d_hidden = d_hidden.reshape(p.hidden.shape)
-        return d_hidden, d_weight, d_bias, None, None
+        return d_hidden, d_weight, d_bias, None, None, None
 
 
-def linear_cross_entropy(p: Linear, smoothing: float) -> Array | None:
+def linear_autograd(p: Linear, smoothing: float, run: LinearPass | None = None) -> Array:
+    """``linear_cross_entropy`` through :class:`_LinearCrossEntropy`, whose chunks ``run``
+    computes (:func:`_linear_pass` by default; the sharded pass of
+    ``_torch_distributed``): only the losses where nothing is differentiated."""
     differentiable = [x for x in (p.hidden, p.weight, p.bias) if x is not None]
     if not torch.is_grad_enabled() or not any(x.requires_grad for x in differentiable):
         # evaluation (no_grad, inference_mode, frozen weights): the losses alone
         with torch.no_grad():
-            losses = _linear_pass(p, smoothing, _linear.NO_GRADIENTS, None)[0]
+            passed = _linear_pass if run is None else run
+            losses = passed(p, smoothing, _linear.NO_GRADIENTS, None)[0]
             return p.reduce(Pass(losses, p.denominator()))
     for name, x in (("target", p.target), ("class_weight", p.class_weight)):
         if x is not None and x.requires_grad:
@@ -443,8 +456,14 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array | None:
                 f"linear_cross_entropy is differentiated in hidden, weight and bias only, not "
                 f"in its {name}; pass {name}.detach()"
             )
-    out: torch.Tensor = _LinearCrossEntropy.apply(p.hidden, p.weight, p.bias, p, smoothing)
+    # no run passed where there is none: torch.compile traces the plain call
+    args = (p.hidden, p.weight, p.bias, p, smoothing) + (() if run is None else (run,))
+    out: torch.Tensor = _LinearCrossEntropy.apply(*args)
     return out
+
+
+def linear_cross_entropy(p: Linear, smoothing: float) -> Array | None:
+    return linear_autograd(p, smoothing)
 
 
 def linear_cross_entropy_value_and_grad(

@@ -3,28 +3,28 @@
 ``linear_cross_entropy``.
 
 The math is ``crossent._generic._sharded``'s; this module gives it ``torch.distributed``'s
-collectives (:class:`TorchCollectives`) and torch's autograd: each loss is a
+collectives (:class:`TorchCollectives`) and torch's autograd: ``cross_entropy`` is a
 ``torch.autograd.Function`` whose forward pass computes the loss and its gradient together, and
-whose backward pass scales that gradient by the upstream one (no collective). The dispatcher
-reaches it through :func:`sharded`.
+whose backward pass scales that gradient by the upstream one (no collective);
+``linear_cross_entropy`` is ``_torch``'s own Function, run over the sharded chunks. The
+dispatcher reaches this module through :func:`sharded`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .._generic import _linear, _sharded
-from .._generic._problems import Pass
+from .._generic import _sharded
 from .._generic._sharded import ShardedClasses, ShardedLinear
 from .._typing import Array
+from . import _torch
 
 __all__ = ["KERNELS", "TorchCollectives", "sharded"]
-
-_FLOATS = (torch.float32, torch.float64)
 
 
 class TorchCollectives(_sharded.Collectives):
@@ -123,80 +123,22 @@ def cross_entropy(p: ShardedClasses, smoothing: float, group: TorchCollectives) 
 # --- linear_cross_entropy ---------------------------------------------------------------------
 
 
-class _ShardedLinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
-    """``linear_cross_entropy`` of this process's slice of the classes, chunk by chunk.
-
-    With a scalar reduction (float32 and float64) the gradients are made in the forward pass,
-    the hidden one summed over the group there, and the backward pass scales them. With
-    ``reduction="none"`` (or half precision) the backward pass makes each chunk again, with its
-    collectives, times the upstream gradient.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        p: ShardedLinear,
-        smoothing: float,
-        group: TorchCollectives,
-    ) -> torch.Tensor:
-        wanted = (
-            bool(ctx.needs_input_grad[0]),
-            bool(ctx.needs_input_grad[1]),
-            bias is not None and bool(ctx.needs_input_grad[2]),
-        )
-        early = p.reduction != "none" and any(wanted) and p.hidden.dtype in _FLOATS
-        factor = _linear.gradient_factor(p) if early else None
-        losses, *gradients = _sharded.linear_pass(
-            p, smoothing, group, wanted if early else _linear.NO_GRADIENTS, factor
-        )
-        ctx.problem, ctx.smoothing, ctx.group = p, smoothing, group
-        ctx.wanted, ctx.early = wanted, early
-        ctx.gradients = gradients if early else None
-        out: torch.Tensor = p.reduce(Pass(losses, p.denominator()))
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]
-    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        p: ShardedLinear = ctx.problem
-        if ctx.early:
-            gradients, ctx.gradients = ctx.gradients, None
-            if gradients is None:
-                raise RuntimeError(
-                    "linear_cross_entropy made its gradients in the forward pass, and the first "
-                    "backward pass took them: call linear_cross_entropy again to go backward "
-                    "through it again"
-                )
-            scale = upstream.to(p.compute_dtype)
-            for g in gradients:  # in place: a copy of the weight's gradient would be the peak
-                if g is not None:
-                    g.mul_(scale.to(g.dtype))
-        else:
-            factor = _linear.upstream_factor(p, upstream)
-            _, *gradients = _sharded.linear_pass(p, ctx.smoothing, ctx.group, ctx.wanted, factor)
-        d_hidden, d_weight, d_bias = _linear.finish_gradients(p, ctx.wanted, *gradients)
-        if d_hidden is not None:  # the flattened positions this function was given
-            d_hidden = d_hidden.reshape(p.hidden.shape)
-        return d_hidden, d_weight, d_bias, None, None, None
+def _linear_pass(
+    group: TorchCollectives,
+    p: ShardedLinear,
+    smoothing: float,
+    wanted: tuple[bool, bool, bool],
+    factor: Any,
+) -> tuple[Any, Any, Any, Any]:
+    return _sharded.linear_pass(p, smoothing, group, wanted, factor)
 
 
 def linear_cross_entropy(p: ShardedLinear, smoothing: float, group: TorchCollectives) -> Array:
-    differentiable = [x for x in (p.hidden, p.weight, p.bias) if x is not None]
-    if not torch.is_grad_enabled() or not any(x.requires_grad for x in differentiable):
-        with torch.no_grad():
-            return _sharded.linear_cross_entropy(p, smoothing, group)
-    if p.class_weight is not None and p.class_weight.requires_grad:
-        raise TypeError(
-            "linear_cross_entropy is differentiated in hidden, weight and bias only, not in its "
-            "class_weight; pass class_weight.detach()"
-        )
-    out: torch.Tensor = _ShardedLinearCrossEntropy.apply(
-        p.hidden, p.weight, p.bias, p, smoothing, group
-    )
-    return out
+    """torch's ``linear_cross_entropy`` Function (gradients in the forward pass for a scalar
+    reduction, scaled in the backward pass; the chunks made again for ``"none"`` and half
+    precision), each chunk the sharded one: its two all-reduces, and ``hidden``'s gradient
+    summed over the group."""
+    return _torch.linear_autograd(p, smoothing, functools.partial(_linear_pass, group))
 
 
 #: The generic sharded function -> its kernel here, with the same arguments.
