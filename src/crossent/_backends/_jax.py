@@ -148,7 +148,7 @@ def _linear_scan(
     if n == 0:
         empty = jnp.zeros((0, d), p.dtype) if gradient and wanted[0] else None
         return jnp.zeros((0,), compute), empty, carry[0], carry[1]
-    parts = math.gcd(n, p.chunk_size, _POSITION_PARTS)
+    parts = math.gcd(n, p.chunk_size, _parts(_POSITION_PARTS))
     rows = n // parts  # of each part
     count = -(-n // p.chunk_size)
     size = -(-rows // count)  # of each part, in one chunk: parts * size <= chunk_size rows
@@ -215,6 +215,12 @@ def _add_weight_gradient(d_weight: Array, g: Array, hidden: Array) -> Array:
     parts, count, run = _class_slices(v, max(1, min(v, g.size // 4 // max(d, 1))))
 
     def add(j: Any, total: Array) -> Array:
+        if parts == 1:  # contiguous slices: the fastest where nothing is split
+            part = jax.lax.dynamic_slice_in_dim(g, j * run, run, axis=1)
+            current = jax.lax.dynamic_slice_in_dim(total, j * run, run, axis=0)
+            return jax.lax.dynamic_update_slice_in_dim(
+                total, current + part.T @ hidden, j * run, 0
+            )
         # reshaped in the loop, not before it: XLA then reads the slice from the chunk's
         # gradient where it lies, where a reshaped copy would be one more chunk in memory
         part = jax.lax.dynamic_slice_in_dim(g.reshape(n, parts, count, run), j, 1, axis=2)
@@ -227,15 +233,21 @@ def _add_weight_gradient(d_weight: Array, g: Array, hidden: Array) -> Array:
     return result
 
 
+def _parts(most: int) -> int:
+    """``most``, where JAX has several devices, so that arrays may be split among them; else 1,
+    the contiguous layout, which is the fastest on one device."""
+    return most if jax.device_count() > 1 else 1
+
+
 #: The most equal parts, a power of two, in which a split of the positions leaves every chunk
-#: of :func:`_linear_scan` on the devices of its own positions (data parallelism): the chunk's
-#: rows are gathered from them, which costs about 5 % of a step on one CPU device.
+#: of :func:`_linear_scan` on the devices of its own positions (data parallelism).
 _POSITION_PARTS = 64
 #: The same for a split of the classes and the slices of :func:`_add_weight_gradient`
-#: (vocabulary parallelism, most often 8 ways or fewer): each slice is ``parts`` runs of
-#: classes, and short runs are slow to read (with 64 parts a step took 12 % longer on one CPU
-#: device at V = 128000, with 8 parts 4 %). A split into more parts gets the right numbers,
-#: and XLA gathers a chunk's gradient of the logits.
+#: (vocabulary parallelism, most often 8 ways or fewer). A slice of ``parts`` runs is slower
+#: to read than a contiguous one: with 64 parts a step took 12 % longer on a CPU at
+#: V = 128000, with 8 parts (and the positions in 64) 9 %; with one device (:func:`_parts`)
+#: the slices are contiguous. A split into more parts gets the right numbers, and XLA gathers
+#: a chunk's gradient of the logits.
 _CLASS_PARTS = 8
 
 
@@ -249,7 +261,7 @@ def _class_slices(v: int, rows: int) -> tuple[int, int, int]:
     ``v / parts`` nearest ``v / rows`` (the larger one on a tie: the smaller slice). Where
     ``v / parts`` has few divisors (a prime), the slices are fewer and larger, or more and
     smaller, than asked."""
-    parts = math.gcd(v, _CLASS_PARTS)
+    parts = math.gcd(v, _parts(_CLASS_PARTS))
     rest = v // parts
     wanted = -(-v // rows)
     divisors = {x for i in range(1, math.isqrt(rest) + 1) if rest % i == 0 for x in (i, rest // i)}
