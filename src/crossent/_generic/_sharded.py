@@ -22,6 +22,7 @@ over the group, by a :class:`Collectives` the backend gives (``torch.distributed
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -278,21 +279,11 @@ class ShardedLinear(Linear):
         return self.total_classes
 
     def chunk(self, logits: Array, target: Array) -> ShardedClasses:
-        """The sharded cross-entropy problem of one chunk: its logits (this member's classes)
-        and its rows of the target."""
-        return ShardedClasses(
-            xp=self.xp,
-            reduction="sum",
-            dtype=self.compute_dtype,
-            eager=self.eager,
-            predictions=logits,
-            target=target,
-            weight=self.class_weight,
-            ignore_index=self.ignore_index,
-            axis=1,
-            offset=self.offset,
-            total_classes=self.total_classes,
-        )
+        """:meth:`~._linear.Linear.chunk`'s problem of one chunk, its logits this member's
+        classes."""
+        whole = super().chunk(logits, target)
+        fields = {f.name: getattr(whole, f.name) for f in dataclasses.fields(whole)}
+        return ShardedClasses(**fields, offset=self.offset, total_classes=self.total_classes)
 
 
 def chunk_pass(
