@@ -121,3 +121,8 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[bench]")
     # glibc's thresholds are set per phase, times and memory (benchmarks/harness.py)
     session.run("python", "benchmarks/run.py", *session.posargs)
+    why = _missing_device("cuda")
+    if why is None:  # crossent against the peers on the GPU: benchmarks/results-cuda.json
+        session.run("python", "benchmarks/gpu.py")
+    else:
+        session.log(f"benchmarks/gpu.py not run: no CUDA GPU here ({why})")

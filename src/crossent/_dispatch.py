@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from array_api_compat import (
+    is_cupy_namespace,
     is_dask_namespace,
     is_jax_namespace,
     is_numpy_namespace,
@@ -37,6 +38,7 @@ __all__ = [
     "entry",
     "generic_only",
     "kernels",
+    "on_accelerator",
     "public_function",
     "sharded",
 ]
@@ -112,6 +114,20 @@ def _load_kernels(xp: Namespace) -> Kernels:
 
         return _dask.KERNELS
     return {}
+
+
+def on_accelerator(xp: Namespace, x: Any) -> bool:
+    """Whether ``x`` lives on a GPU or another accelerator, where work is cut into larger
+    pieces than a CPU's cache wants. Under ``jax.jit``, whether JAX's default backend is one."""
+    if is_cupy_namespace(xp):
+        return True
+    if is_torch_namespace(xp):
+        return bool(x.device.type != "cpu")
+    if is_jax_namespace(xp):
+        from ._backends import _jax
+
+        return _jax.on_accelerator()
+    return False
 
 
 def dispatch(xp: Namespace, generic: Callable[..., Any], /, *args: Any) -> Any:

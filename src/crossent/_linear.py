@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._dispatch import dispatch, public_function, sharded
+from ._dispatch import dispatch, on_accelerator, public_function, sharded
 from ._generic import _linear as generic
 from ._generic import _sharded
 from ._generic._arrays import is_eager
@@ -283,7 +283,9 @@ def prepare_linear_cross_entropy(
             of = f"the {classes} classes of weight over process_group"
         class_weight = check_class_weights(xp, "class_weight", class_weight, classes, of, dtype)
     if chunk_size is None:
-        rows = default_chunk_size(xp, num_elements(positions), num_classes, dtype)
+        rows = default_chunk_size(
+            xp, num_elements(positions), num_classes, dtype, accelerator=on_accelerator(xp, hidden)
+        )
     else:
         rows = check_int("chunk_size", chunk_size)
         if rows < 1:

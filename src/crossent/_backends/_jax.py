@@ -179,7 +179,10 @@ def _linear_scan(
             return carry, (loss, None)
         dh, _, db = _linear.chunk_gradients(p, g, hidden, (wanted[0], False, sum_bias))
         if sum_weight:
-            d_weight = _add_weight_gradient(d_weight, g, hidden.astype(compute))
+            # on a GPU, products of half-precision operands summed in float32; a CPU's are
+            # fastest in float32
+            low = on_accelerator()
+            d_weight = _add_weight_gradient(d_weight, g, hidden if low else hidden.astype(compute))
         if db is not None:
             d_bias = d_bias + db
         return (d_weight, d_bias), (loss, dh)
@@ -219,18 +222,33 @@ def _add_weight_gradient(d_weight: Array, g: Array, hidden: Array) -> Array:
             part = jax.lax.dynamic_slice_in_dim(g, j * run, run, axis=1)
             current = jax.lax.dynamic_slice_in_dim(total, j * run, run, axis=0)
             return jax.lax.dynamic_update_slice_in_dim(
-                total, current + part.T @ hidden, j * run, 0
+                total, current + _product(part.T, hidden, total.dtype), j * run, 0
             )
         # reshaped in the loop, not before it: XLA then reads the slice from the chunk's
         # gradient where it lies, where a reshaped copy would be one more chunk in memory
         part = jax.lax.dynamic_slice_in_dim(g.reshape(n, parts, count, run), j, 1, axis=2)
         runs = total.reshape(parts, count, run, d)
         current = jax.lax.dynamic_slice_in_dim(runs, j, 1, axis=1)
-        product = (part.reshape(n, parts * run).T @ hidden).reshape(current.shape)
+        product = _product(part.reshape(n, parts * run).T, hidden, total.dtype)
+        product = product.reshape(current.shape)
         return jax.lax.dynamic_update_slice_in_dim(runs, current + product, j, 1).reshape(v, d)
 
     result: Array = jax.lax.fori_loop(0, count, add, d_weight)
     return result
+
+
+def on_accelerator() -> bool:
+    """Whether JAX's default backend is a GPU or another accelerator (arrays under ``jit``
+    cannot say where they are)."""
+    return bool(jax.default_backend() != "cpu")
+
+
+def _product(a: Array, b: Array, dtype: Any) -> Array:
+    """``a @ b`` in ``dtype``; with ``b`` in half precision, ``a`` is rounded to it and the
+    product is summed in ``dtype`` (the GPU's tensor cores do so)."""
+    if b.dtype == dtype:
+        return a @ b
+    return jnp.matmul(a.astype(b.dtype), b, preferred_element_type=dtype)
 
 
 def _parts(most: int) -> int:
