@@ -58,6 +58,11 @@ class Case:
         """torch's own function of this case, differentiable in ``pred``."""
         options = {k: T(v) if isinstance(v, np.ndarray) else v for k, v in self.options.items()}
         target = T(self.target)
+        beyond_torch = {"softcap", "z_loss", "sample_weight"} & set(options)
+        if self.name == "cross_entropy" and beyond_torch:
+            return oracle.cross_entropy(pred, target, **options)
+        if self.name == "nll_loss" and beyond_torch:
+            return oracle.nll_loss(pred, target, **options)
         if self.name in ("cross_entropy", "nll_loss"):
             axis = options.pop("axis", -1)
             if target.is_floating_point():
@@ -117,6 +122,21 @@ def categorical_cases(seed: int = 0) -> Iterator[Case]:
         yield Case(
             "cross_entropy_from_probs", probs, _soft(rng, shape, axis), {**base, "eps": 0.01}
         )
+        # crossent's options beyond torch's: soft-capping, the z-loss, sample weights
+        positions = shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
+        s = {"sample_weight": rng.uniform(0.0, 3.0, positions)}
+        capped = {"softcap": 2.0, "z_loss": 0.1}
+        every = {**base, **s, **capped, "label_smoothing": 0.3}
+        yield Case("cross_entropy", logits, _targets(rng, shape, axis, True), every)
+        yield Case(
+            "cross_entropy", logits, _targets(rng, shape, axis, False), {**base, "z_loss": 0.1}
+        )
+        yield Case("cross_entropy", logits, _soft(rng, shape, axis), every)
+        yield Case("nll_loss", log_probs, _targets(rng, shape, axis, True), {**base, **s})
+        target = _targets(rng, shape, axis, True)
+        yield Case("cross_entropy_from_probs", probs, target, {**base, **s, "eps": 1e-3})
+        soft = _soft(rng, shape, axis)
+        yield Case("cross_entropy_from_probs", probs, soft, {**base, **s, "eps": 0.01})
 
 
 def pointwise_cases(seed: int = 1) -> Iterator[Case]:

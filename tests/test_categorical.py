@@ -179,6 +179,120 @@ def test_cross_entropy_from_probs_with_soft_targets_equals_sklearn(to_xp, assert
     assert_close(crossent.cross_entropy_from_probs(to_xp(probs), to_xp(onehot)), expected)
 
 
+# --- Beyond torch: soft-capping, the z-loss, sample weights -------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # Dask: 0 / 0
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignore", IGNORES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("probability_target", [False, True], ids=["indices", "probabilities"])
+def test_softcap_z_loss_and_sample_weight_equal_the_oracle(
+    probability_target, layout, ignore, reduction, to_xp, assert_close, lazy
+):
+    if probability_target and ignore != "none-ignored":
+        pytest.skip("no ignore_index with class probabilities")
+    logits, target, axis, ignore_index, weight = _case(layout, ignore, 11, probability_target)
+    positions = logits.shape[: axis % logits.ndim] + logits.shape[axis % logits.ndim + 1 :]
+    s = np.random.default_rng(12).uniform(0.0, 3.0, positions)
+    for extra in (
+        {"softcap": 1.5},
+        {"z_loss": 0.3},
+        {"sample_weight": s},
+        {"softcap": 2.5, "z_loss": 0.1, "sample_weight": s, "label_smoothing": 0.2},
+    ):
+        options = {"axis": axis, "ignore_index": ignore_index, "reduction": reduction}
+        options.update(weight=weight, **extra)
+        torch_options = {k: T(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+        expected = oracle.cross_entropy(T(logits), T(target), **torch_options)
+        ours = {k: to_xp(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+        actual = lazy(crossent.cross_entropy)(to_xp(logits), to_xp(target), **ours)
+        assert_close(actual, expected)
+
+
+def test_z_loss_is_the_log_normaliser_squared(to_xp, assert_close):
+    logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [5.0, 5.0, 5.0]])
+    target = np.array([0, 2, -100])
+    lse = np.log(np.exp(logits).sum(axis=1))
+    plain = crossent.cross_entropy(to_xp(logits), to_xp(target), reduction="none")
+    with_z = crossent.cross_entropy(to_xp(logits), to_xp(target), reduction="none", z_loss=0.5)
+    expected = to_numpy(plain) + 0.5 * lse**2 * np.array([1.0, 1.0, 0.0])  # not where ignored
+    assert_close(with_z, expected)
+
+
+def test_softcap_bounds_the_logits(to_xp, assert_close):
+    # a cap of c makes logits of +-1e4 into +-c: the loss of the wrong class is 2c at most
+    logits = np.array([[1e4, -1e4], [-1e4, 1e4], [np.inf, -np.inf]])
+    target = np.array([1, 0, 1])
+    loss = crossent.cross_entropy(to_xp(logits), to_xp(target), softcap=3.0, reduction="none")
+    assert_close(loss, np.full(3, 6.0 + np.log1p(np.exp(-6.0))))
+    grad = crossent.grad(crossent.cross_entropy)(to_xp(logits), to_xp(target), softcap=3.0)
+    assert np.all(np.isfinite(to_numpy(grad)))  # tanh is flat out there: 0, not NaN
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "cross_entropy_from_probs"])
+@pytest.mark.parametrize("probability_target", [False, True], ids=["indices", "probabilities"])
+def test_sample_weights_count_positions(name, probability_target, to_xp, assert_close):
+    """Position n with integer weight k counts as k copies of it; weights of 1 change nothing."""
+    if name == "nll_loss" and probability_target:
+        pytest.skip("nll_loss takes class indices only")
+    rng = np.random.default_rng(13)
+    logits = rng.standard_normal((6, 4)) * 2
+    pred = np.log(crossent.softmax(logits)) if name == "nll_loss" else logits
+    if name == "cross_entropy_from_probs":
+        pred = crossent.softmax(logits)
+    if probability_target:
+        target = rng.dirichlet(np.ones(4), size=6)
+    else:
+        target = np.array([0, 3, -100, 2, 1, 1])
+    counts = np.array([2, 0, 5, 1, 3, 1])
+    weight = rng.uniform(0.5, 2.0, 4)
+    func = getattr(crossent, name)
+    repeated = np.repeat(np.arange(6), counts)
+    for reduction in ("mean", "sum"):
+        options = {"weight": to_xp(weight), "reduction": reduction}
+        expected = func(to_xp(pred[repeated]), to_xp(target[repeated]), **options)
+        ours = func(to_xp(pred), to_xp(target), sample_weight=to_xp(counts * 1.0), **options)
+        assert_close(ours, to_numpy(expected))
+        ones = func(to_xp(pred), to_xp(target), sample_weight=to_xp(np.ones(6)), **options)
+        assert_close(ones, to_numpy(func(to_xp(pred), to_xp(target), **options)))
+
+
+def test_sample_weight_equals_sklearn_log_loss(to_xp, assert_close):
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(14)
+    probs = rng.dirichlet(np.full(4, 0.5), size=40)
+    target = rng.integers(0, 4, size=40)
+    s = rng.uniform(0.0, 4.0, size=40)
+    expected = log_loss(target, probs, sample_weight=s, labels=range(4))
+    actual = crossent.cross_entropy_from_probs(to_xp(probs), to_xp(target), sample_weight=to_xp(s))
+    assert_close(actual, expected)
+    logits = np.log(probs) + rng.standard_normal((40, 1))  # the same softmax
+    from_logits = crossent.cross_entropy(to_xp(logits), to_xp(target), sample_weight=to_xp(s))
+    assert_close(from_logits, expected)
+
+
+def test_bad_options_are_named(to_xp):
+    logits, target = to_xp(np.zeros((3, 4))), to_xp(np.array([0, 1, 2]))
+    with pytest.raises(
+        ValueError, match=r"softcap must be a positive, finite float or None, got 0"
+    ):
+        crossent.cross_entropy(logits, target, softcap=0.0)
+    with pytest.raises(ValueError, match=r"z_loss must be a finite float >= 0, got -1"):
+        crossent.cross_entropy(logits, target, z_loss=-1.0)
+    with pytest.raises(TypeError, match=r"z_loss must be a Python float >= 0, got str"):
+        crossent.cross_entropy(logits, target, z_loss="0.1")
+    with pytest.raises(ValueError, match=r"sample_weight has shape \(4,\), expected \(3,\)"):
+        crossent.cross_entropy(logits, target, sample_weight=to_xp(np.ones(4)))
+    with pytest.raises(TypeError, match=r"sample_weight"):
+        crossent.nll_loss(logits, target, sample_weight=target)
+    with pytest.raises(TypeError, match=r"process_group does not take softcap, sample_weight"):
+        crossent.cross_entropy(
+            logits, target, softcap=1.0, sample_weight=to_xp(np.ones(3)), process_group=object()
+        )
+
+
 # --- Edges -------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import functools
 import itertools
 
 import numpy as np
+import oracle
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,12 @@ def _torch_dense(hidden, weight, target, bias, class_weight, upstream, **options
     cw = None if class_weight is None else T(class_weight)
     logits = F.linear(leaves[0], leaves[1], b)
     t = T(target)
-    if t.is_floating_point():
+    if {"softcap", "z_loss", "sample_weight"} & set(options):  # beyond torch's options
+        extra = dict(options)
+        if extra.get("sample_weight") is not None:
+            extra["sample_weight"] = T(extra["sample_weight"])
+        loss = oracle.cross_entropy(logits, t, weight=cw, **extra)
+    elif t.is_floating_point():
         loss = F.cross_entropy(logits.movedim(-1, 1), t.movedim(-1, 1), weight=cw, **options)
     else:
         loss = F.cross_entropy(logits.movedim(-1, 1), t, weight=cw, **options)
@@ -144,6 +150,38 @@ def test_equals_the_dense_computation(
             assert grad is None
         else:
             assert_close(grad, want, atol=1e-13)
+
+
+@pytest.mark.parametrize("chunk_size", [3, None])
+@pytest.mark.parametrize("probabilities", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_softcap_z_loss_and_sample_weight(
+    reduction, probabilities, chunk_size, xp, to_xp, assert_close
+):
+    positions = (2, 4) if probabilities else (7,)
+    hidden, weight, target, b, class_weight = _inputs(
+        positions, weighted=True, ignored=True, bias=True, probabilities=probabilities
+    )
+    s = np.random.default_rng(2).uniform(0.0, 3.0, positions)
+    options = {"reduction": reduction, "label_smoothing": 0.1, "softcap": 1.5, "z_loss": 0.2}
+    autodiff = is_torch_namespace(xp) or is_jax_namespace(xp)
+    shape = positions if reduction == "none" else ()
+    upstream = np.random.default_rng(1).standard_normal(shape) if autodiff else np.ones(shape)
+    expected, expected_grads = _torch_dense(
+        hidden, weight, target, b, class_weight, upstream, **options, sample_weight=s
+    )
+    arrays = tuple(to_xp(x) for x in (hidden, weight, target, b))
+    ours = {
+        **options,
+        "chunk_size": chunk_size,
+        "class_weight": to_xp(class_weight),
+        "sample_weight": to_xp(s),
+    }
+    assert_close(crossent.linear_cross_entropy(*arrays, **ours), expected)
+    loss, grads = _backend_gradients(xp, to_xp, arrays, upstream, ours)
+    assert_close(loss, expected)
+    for grad, want in zip(grads, expected_grads, strict=True):
+        assert_close(grad, want, atol=1e-13)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -35,6 +35,9 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    sample_weight: Array | None = None,
     process_group: object = None,
 ) -> Array:
     r"""Cross-entropy between logits and a target of class indices or class probabilities.
@@ -56,7 +59,13 @@ def cross_entropy(
         \ell_n = -\sum_c w_c\, t_{n, c} \log p_{n, c}.
 
     This is ``torch.nn.functional.cross_entropy`` on every backend: its options, its reductions
-    and its numbers (see [1]_ for label smoothing).
+    and its numbers (see [1]_ for label smoothing). Three options go beyond torch's:
+    ``softcap`` first replaces the logits by :math:`c \tanh(x / c)` (Gemma 2's logit
+    soft-capping [2]_); ``z_loss`` adds :math:`\lambda\, \omega_n \operatorname{lse}_n^2` to
+    each kept position's loss, with :math:`\operatorname{lse}_n` the log-sum-exp of its
+    (soft-capped) logits and :math:`\omega_n` its weight (:math:`w_{y_n}` with class indices,
+    1 with class probabilities), PaLM's auxiliary loss that keeps the log normaliser near 0
+    [3]_; ``sample_weight`` weighs each position.
 
     Parameters
     ----------
@@ -78,6 +87,19 @@ def cross_entropy(
         probabilities). Every position ignored gives NaN, as torch does.
     label_smoothing : float in [0, 1], default 0.0
         Mass moved from the target to the uniform distribution over classes.
+    softcap : float > 0, optional
+        Soft-cap the logits to ``(-softcap, softcap)`` by ``softcap * tanh(logits / softcap)``
+        before anything else (Gemma 2 uses 30.0 on its final logits). The gradient goes through
+        the cap. ``None`` (the default) leaves the logits as they are.
+    z_loss : float >= 0, default 0.0
+        The factor of the z-loss, ``z_loss * lse**2`` per kept position, weighted as the
+        position and reduced as the rest of the loss (PaLM uses 1e-4).
+    sample_weight : array, optional
+        One weight per position, the shape of the positions (``target``'s for class indices):
+        position ``n`` counts ``s_n`` times. Its loss is multiplied by ``s_n``, and ``"mean"``
+        divides by the kept positions' total ``sum_n s_n w_{y_n}`` (``sum_n s_n`` for class
+        probabilities), as scikit-learn's and Keras' ``sample_weight``. Not checked for sign,
+        as class weights are not.
     process_group : torch.distributed.ProcessGroup, optional
         Vocabulary parallelism: the classes are split among the processes of this group, and
         every process calls ``cross_entropy`` with its own slice. Process ``r`` (its rank in
@@ -88,7 +110,8 @@ def cross_entropy(
         ``loss.backward()`` the gradient of its own slice. Each call runs an ``all_gather`` of
         the slices' sizes, an ``all_reduce`` (``MAX``) of each position's maximum and one
         (``SUM``) of its sum of exponentials, target logit and, with ``label_smoothing``, sum
-        of weighted logits; the backward pass runs none. torch tensors and class indices only.
+        of weighted logits; the backward pass runs none. torch tensors and class indices only,
+        without ``softcap``, ``z_loss`` or ``sample_weight``.
 
     Returns
     -------
@@ -115,6 +138,8 @@ def cross_entropy(
     ----------
     .. [1] C. Szegedy, V. Vanhoucke, S. Ioffe, J. Shlens, Z. Wojna, "Rethinking the Inception
        Architecture for Computer Vision", CVPR 2016.
+    .. [2] Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size", 2024.
+    .. [3] A. Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", JMLR 2023.
 
     Examples
     --------
@@ -128,8 +153,15 @@ def cross_entropy(
     array([0.2413113 , 0.10960146])
     >>> cross_entropy(logits, np.array([0, -100]))  # the second position is ignored
     array(0.2413113)
+    >>> cross_entropy(logits, target, sample_weight=np.array([3.0, 1.0]))
+    array(0.20838384)
+    >>> cross_entropy(logits, target, softcap=1.0, z_loss=1e-4)
+    array(0.59949173)
     """
     if process_group is not None:
+        _sharded.refuse_options(
+            "cross_entropy", softcap=softcap, z_loss=z_loss, sample_weight=sample_weight
+        )
         return sharded(
             _sharded.cross_entropy,
             process_group,
@@ -150,6 +182,9 @@ def cross_entropy(
         ignore_index=ignore_index,
         reduction=reduction,
         label_smoothing=label_smoothing,
+        softcap=softcap,
+        z_loss=z_loss,
+        sample_weight=sample_weight,
     )
     return dispatch(p.xp, generic.cross_entropy, p, *options)
 
@@ -163,6 +198,9 @@ def prepare_cross_entropy(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    sample_weight: Array | None = None,
     process_group: object = None,
 ) -> tuple[Classes, tuple[float]]:
     """The checked arguments of :func:`cross_entropy`: the problem and its options.
@@ -190,6 +228,9 @@ def prepare_cross_entropy(
         ignore_index=ignore_index,
         reduction=reduction,
         probability_target=True,
+        sample_weight=sample_weight,
+        softcap=softcap,
+        z_loss=z_loss,
     )
     return p, (check_unit_interval("label_smoothing", label_smoothing),)
 
@@ -203,6 +244,7 @@ def nll_loss(
     weight: Array | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    sample_weight: Array | None = None,
 ) -> Array:
     r"""Negative log-likelihood of class indices under given log-probabilities.
 
@@ -228,6 +270,12 @@ def nll_loss(
     reduction : {"mean", "sum", "none"}, default "mean"
         ``"mean"`` divides the sum by the total weight of the kept positions; every position
         ignored gives NaN.
+    sample_weight : array, optional
+        One weight per position, the shape of the positions (``target``'s for class indices):
+        position ``n`` counts ``s_n`` times. Its loss is multiplied by ``s_n``, and ``"mean"``
+        divides by the kept positions' total ``sum_n s_n w_{y_n}`` (``sum_n s_n`` for class
+        probabilities), as scikit-learn's and Keras' ``sample_weight``. Not checked for sign,
+        as class weights are not.
 
     Returns
     -------
@@ -258,6 +306,7 @@ def nll_loss(
         weight=weight,
         ignore_index=ignore_index,
         reduction=reduction,
+        sample_weight=sample_weight,
     )
     return dispatch(p.xp, generic.nll_loss, p, *options)
 
@@ -270,6 +319,7 @@ def prepare_nll_loss(
     weight: Array | None,
     ignore_index: int,
     reduction: str,
+    sample_weight: Array | None = None,
 ) -> tuple[Classes, tuple[()]]:
     """The checked arguments of :func:`nll_loss`."""
     p = prepare_classes(
@@ -281,6 +331,7 @@ def prepare_nll_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         probability_target=False,
+        sample_weight=sample_weight,
     )
     return p, ()
 
@@ -295,6 +346,7 @@ def cross_entropy_from_probs(
     weight: Array | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    sample_weight: Array | None = None,
 ) -> Array:
     r"""Cross-entropy of probabilities, clipped away from 0 and 1 as scikit-learn does.
 
@@ -304,7 +356,8 @@ def cross_entropy_from_probs(
 
     for class indices, and :math:`-\sum_c w_c\, t_{n, c} \log \operatorname{clip}(p_{n, c})`
     for class probabilities (a zero target contributes 0). With the default ``eps`` and
-    ``reduction="mean"`` this equals ``sklearn.metrics.log_loss`` on the same inputs.
+    ``reduction="mean"`` this equals ``sklearn.metrics.log_loss`` on the same inputs, its
+    ``sample_weight`` included.
 
     Prefer :func:`cross_entropy` on logits where you have them: clipping biases the loss and
     zeroes its gradient for probabilities below ``eps``.
@@ -327,6 +380,12 @@ def cross_entropy_from_probs(
         A class index whose positions contribute nothing. Not used with class probabilities.
     reduction : {"mean", "sum", "none"}, default "mean"
         As in :func:`cross_entropy`.
+    sample_weight : array, optional
+        One weight per position, the shape of the positions (``target``'s for class indices):
+        position ``n`` counts ``s_n`` times. Its loss is multiplied by ``s_n``, and ``"mean"``
+        divides by the kept positions' total ``sum_n s_n w_{y_n}`` (``sum_n s_n`` for class
+        probabilities), as scikit-learn's and Keras' ``sample_weight``. Not checked for sign,
+        as class weights are not.
 
     Returns
     -------
@@ -358,6 +417,7 @@ def cross_entropy_from_probs(
         weight=weight,
         ignore_index=ignore_index,
         reduction=reduction,
+        sample_weight=sample_weight,
     )
     return dispatch(p.xp, generic.cross_entropy_from_probs, p, *options)
 
@@ -371,6 +431,7 @@ def prepare_cross_entropy_from_probs(
     weight: Array | None,
     ignore_index: int,
     reduction: str,
+    sample_weight: Array | None = None,
 ) -> tuple[Classes, tuple[float]]:
     """The checked arguments of :func:`cross_entropy_from_probs`; ``eps`` resolved."""
     p = prepare_classes(
@@ -382,6 +443,7 @@ def prepare_cross_entropy_from_probs(
         ignore_index=ignore_index,
         reduction=reduction,
         probability_target=True,
+        sample_weight=sample_weight,
     )
     clip = check_eps(eps)
     if clip is None:

@@ -9,6 +9,7 @@ Checks of array *values* (class indices, probabilities) run only on eager arrays
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -120,6 +121,38 @@ def check_class_weights(
             f"weight per class of {of}"
         )
     return xp.astype(weight, dtype, copy=False)
+
+
+def check_sample_weight(
+    xp: Namespace, x: Array, positions: tuple[int, ...], of: str, without: str, dtype: DType
+) -> Array:
+    """One real weight per position, shape ``positions`` (those of ``of`` without
+    ``without``), in the compute ``dtype``."""
+    check_real_floating(xp, "sample_weight", x)
+    if tuple(x.shape) != tuple(positions):
+        raise ValueError(
+            f"sample_weight has shape {shape_str(x.shape)}, expected {shape_str(positions)}: one "
+            f"weight per position, the shape of {of} without its {without}"
+        )
+    return xp.astype(x, dtype, copy=False)
+
+
+def check_softcap(value: object) -> float | None:
+    """``softcap``: None (off) or a positive, finite float."""
+    if value is None:
+        return None
+    number = float(_python_number("softcap", value, numbers.Real, "positive float or None"))
+    if not 0.0 < number < math.inf:  # comparisons, which torch.compile traces; NaN fails
+        raise ValueError(f"softcap must be a positive, finite float or None, got {value}")
+    return number
+
+
+def check_z_loss(value: object) -> float:
+    """``z_loss``: a finite float >= 0."""
+    number = float(_python_number("z_loss", value, numbers.Real, "float >= 0"))
+    if not 0.0 <= number < math.inf:  # NaN fails
+        raise ValueError(f"z_loss must be a finite float >= 0, got {value}")
+    return number
 
 
 def compute_dtype(xp: Namespace, dtype: DType) -> DType:

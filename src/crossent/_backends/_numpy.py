@@ -197,7 +197,7 @@ def _statistics(
     terms: IndexTerms | None,
     smoothing: float,
     gradient: np.ndarray | None = None,
-    scale: float | None = None,
+    scale: Any = None,
 ) -> tuple[Any, ...]:
     """Read the rows once, block by block.
 
@@ -209,13 +209,23 @@ def _statistics(
     With ``gradient`` (a C-contiguous array of the class-last shape), each block's
     exponentials are turned into its gradient there, instead of in a scratch buffer: times
     ``scale`` at kept positions, 0 at ignored ones (None: the gradient of the sum).
+
+    ``softcap``: each block is capped as it is read (its ``tanh`` kept in a second scratch
+    block for the gradient's chain rule). ``z_loss``: each row's shift is kept too (the last
+    statistic; None without the z-loss), and the gradient's softmax factor gains
+    ``2 z_loss w_n lse_n`` once the block's row sums are known. Sample weights are in the
+    terms' weights (class indices) or multiply the target's rows (class probabilities).
     """
     logits = _Rows(p, p.predictions)
     targets = None if terms is not None else _Rows(p, p.target)
     rows, classes = p.num_positions, p.num_classes
     dtype = np.dtype(p.compute_dtype)
     convert = logits.array.dtype != dtype  # float16: each block is converted as it is read
-    copy = convert or logits.strided
+    cap = p.softcap
+    copy = convert or logits.strided or cap is not None
+    z_loss = p.z_loss
+    shifts = np.empty(rows, dtype=dtype) if z_loss > 0.0 else None
+    sample = None if p.sample_weight is None else np.asarray(p.sample_weight).reshape(-1)
     log_norm = np.empty(rows, dtype=dtype)
     picked = np.empty(rows, dtype=dtype)  # the target logit, or the target's sum of them
     mass = np.empty(rows, dtype=dtype) if terms is None else None
@@ -231,18 +241,27 @@ def _statistics(
             row_scale = kept.astype(dtype) if scale is None else np.where(kept, scale, 0.0)
             softmax_scale = row_scale * np.asarray(terms.softmax_coefficient(p)).reshape(-1)
             target_term = row_scale * np.asarray(terms.target_term()).reshape(-1)
-            # (eps / C) w_c, taken from every class of a kept position
+            # (eps / C) w_c, taken from every class of a kept position (times its sample weight)
             spread = (smoothing / classes) * (1.0 if class_weights is None else class_weights)
+            spread_scale = row_scale * np.asarray(terms.pick.kept_weight).reshape(-1)
+            # the z-loss's 2 z_loss w_n, times lse_n in the block
+            z_scale = (2.0 * z_loss) * row_scale * np.asarray(terms.pick.weight).reshape(-1)
         else:
-            row_scale = np.full(rows, 1.0 if scale is None else scale, dtype=dtype)
+            row_scale = np.broadcast_to(np.asarray(1.0 if scale is None else scale, dtype), rows)
+            z_scale = (2.0 * z_loss) * row_scale * (1.0 if sample is None else sample)
 
     # Row sums as a product with a vector of ones: BLAS's gemv is three times faster than
     # np.sum along a short axis, and as exact for these sums of positive terms.
     ones = np.ones(classes, dtype=dtype)
     class_weights = ones if class_weights is None else class_weights.astype(dtype)
 
+    # scratch blocks of a thread: its logits (unless they go into the gradient), the target's
+    # rows (class probabilities), the tanh of the capped logits (softcap)
+    parts = 1 + (terms is None) + (cap is not None)
+    capped_at = (1 + (terms is None)) * block_rows
+
     def work(start: int, stop: int) -> None:
-        scratch = _buffer(2 * block_rows if terms is None else block_rows, classes, dtype)
+        scratch = _buffer(parts * block_rows, classes, dtype)
         lo = start
         while lo < stop:
             hi = logits.stop(lo, min(lo + block_rows, stop))
@@ -254,8 +273,17 @@ def _statistics(
                 block = out
             else:
                 block = logits.array[lo:hi]
-            shift = logits.row_max(lo, hi, block)
+            if cap is not None:
+                tanh = scratch[capped_at : capped_at + hi - lo]
+                np.divide(out, cap, out=tanh)
+                np.tanh(tanh, out=tanh)
+                np.multiply(tanh, cap, out=out)
+                shift = _row_max(out)
+            else:
+                shift = logits.row_max(lo, hi, block)
             shift[shift == -np.inf] = 0.0  # a row of all -inf: exp gives 0, not NaN
+            if shifts is not None:
+                shifts[lo:hi] = shift
             np.subtract(block, shift[:, None], out=out)
             local = np.arange(hi - lo)
             if targets is not None:  # class probabilities, smoothed and weighted
@@ -266,6 +294,8 @@ def _statistics(
                     weighted += smoothing / classes
                 if p.weight is not None:
                     weighted *= class_weights
+                if sample is not None:
+                    weighted *= sample[lo:hi, None]
                 mass[lo:hi] = weighted @ ones  # type: ignore[index]
                 picked[lo:hi] = np.einsum("ij,ij->i", weighted, out)
             else:
@@ -275,32 +305,59 @@ def _statistics(
             np.exp(out, out=out)
             total = out @ ones
             log_norm[lo:hi] = np.log(total)
+            z = None
+            if gradient is not None and z_loss > 0.0:
+                z = z_scale[lo:hi] * (shift + log_norm[lo:hi])
+                if terms is not None:  # ignored positions: 0, though their lse be inf
+                    z = np.where(kept[lo:hi], z, 0.0)
             if gradient is not None and targets is not None:
-                out *= (row_scale[lo:hi] * mass[lo:hi] / total)[:, None]  # type: ignore[index]
+                factor = row_scale[lo:hi] * mass[lo:hi]  # type: ignore[index]
+                if z is not None:
+                    factor = factor + z
+                out *= (factor / total)[:, None]
                 out -= row_scale[lo:hi, None] * weighted
             elif gradient is not None:
-                out *= (softmax_scale[lo:hi] / total)[:, None]
+                factor = softmax_scale[lo:hi] if z is None else softmax_scale[lo:hi] + z
+                out *= (factor / total)[:, None]
                 if smoothing > 0.0:
-                    out -= row_scale[lo:hi, None] * spread
+                    out -= spread_scale[lo:hi, None] * spread
                 out[local, index[lo:hi]] -= target_term[lo:hi]  # type: ignore[index]
+            if gradient is not None and cap is not None:
+                np.multiply(tanh, tanh, out=tanh)  # the chain rule: times 1 - tanh**2
+                np.subtract(1.0, tanh, out=tanh)
+                out *= tanh
             lo = hi
 
     _run_blocks(rows, classes, work)
     shape = p.predictions.shape[:-1]
+    shift_rows = None if shifts is None else shifts.reshape(shape)
     if terms is None:
-        return log_norm.reshape(shape), mass.reshape(shape), picked.reshape(shape)  # type: ignore[union-attr]
+        return log_norm.reshape(shape), mass.reshape(shape), picked.reshape(shape), shift_rows  # type: ignore[union-attr]
     return (
         log_norm.reshape(shape),
         picked.reshape(shape),
         None if shifted_sum is None else shifted_sum.reshape(shape),
+        shift_rows,
     )
 
 
 def _loss(p: Classes, smoothing: float, statistics: tuple[np.ndarray, ...], terms: Any) -> Any:
     if terms is not None:
         return terms.loss(p, *statistics)
-    log_norm, mass, target_sum = statistics
-    return log_norm * mass - target_sum  # the generic path's loss of class probabilities
+    log_norm, mass, target_sum, shift = statistics
+    loss = log_norm * mass - target_sum  # the generic path's loss of class probabilities
+    if shift is not None:  # the z-loss
+        lse = shift + log_norm
+        z_weight = 1.0 if p.sample_weight is None else np.asarray(p.sample_weight)
+        loss = loss + p.z_loss * z_weight * (lse * lse)
+    return loss
+
+
+def _weight_sum(p: Classes, terms: IndexTerms | None) -> Any:
+    """What ``"mean"`` divides by where it is not the number of positions."""
+    if terms is not None:
+        return terms.weight_sum(p)
+    return None if p.sample_weight is None else np.sum(p.sample_weight)
 
 
 def cross_entropy(p: Classes, smoothing: float) -> Any:
@@ -308,14 +365,14 @@ def cross_entropy(p: Classes, smoothing: float) -> Any:
         return None
     terms = IndexTerms.of(p, smoothing) if p.index_target else None
     loss = _loss(p, smoothing, _statistics(p, terms, smoothing), terms)
-    return p.reduce(Pass(loss, None if terms is None else terms.weight_sum(p)))
+    return p.reduce(Pass(loss, _weight_sum(p, terms)))
 
 
 def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> Any:
     if not _applies(p):
         return None
     terms = IndexTerms.of(p, smoothing) if p.index_target else None
-    weight_sum = None if terms is None else terms.weight_sum(p)
+    weight_sum = _weight_sum(p, terms)
     # The mean's 1 / W goes into the block loop: no second pass over the gradient. As torch's,
     # it is NaN at kept positions whose total weight W is 0 (ignored ones stay 0).
     scale = None
@@ -346,11 +403,9 @@ def _linear_pass(
     if p.hidden.dtype != dtype or n == 0:  # float16: the generic path
         return None
     index_target = p.index_target
-    scale = None
-    if gradient and p.reduction == "mean":
-        denominator = p.denominator()
-        total = float(n if denominator is None else denominator)
-        scale = 1.0 / total if total != 0.0 else math.nan
+    # each position's gradient factor (the mean's, times its sample weight): a number, an
+    # array of the positions or None
+    scale = _linear.gradient_factor(p) if gradient else None
     losses = np.empty(n, dtype=dtype)
     d_hidden = np.empty((n, d), dtype=dtype) if gradient and wanted[0] else None
     d_weight = np.zeros((v, d), dtype=dtype) if gradient and wanted[1] else None
@@ -375,7 +430,8 @@ def _linear_pass(
             target = np.ascontiguousarray(target, dtype=dtype)
         cp = p.chunk(logits, target)
         terms = IndexTerms.of(cp, smoothing) if index_target else None
-        statistics = _statistics(cp, terms, smoothing, logits if gradient else None, scale)
+        rows_scale = _linear.rows_of(scale, start, stop)
+        statistics = _statistics(cp, terms, smoothing, logits if gradient else None, rows_scale)
         losses[start:stop] = _loss(cp, smoothing, statistics, terms)
         if d_hidden is not None:
             np.matmul(logits, p.weight, out=d_hidden[start:stop])
@@ -395,7 +451,7 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Any:
     result = _linear_pass(p, smoothing, _linear.NO_GRADIENTS, gradient=False)
     if result is None:
         return None
-    return p.reduce(Pass(result[0], p.denominator()))
+    return p.reduce_losses(result[0])
 
 
 def linear_cross_entropy_value_and_grad(
@@ -405,7 +461,7 @@ def linear_cross_entropy_value_and_grad(
     if result is None:
         return None
     losses, *gradients = result
-    value = p.reduce(Pass(losses, p.denominator()))
+    value = p.reduce_losses(losses)
     return value, _linear.finish_gradients(p, wanted, *gradients)
 
 

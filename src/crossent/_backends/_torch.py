@@ -181,7 +181,52 @@ def _blocked_half_cross_entropy(p: Classes, smoothing: float) -> Array | None:
     return p.reduce(Pass(losses, torch.sum(torch.where(kept, picked, 0.0))))
 
 
+def _weighted_positions(p: Classes, losses: torch.Tensor, pick: Any) -> Array:
+    """Per-position ``losses`` of a call with sample weights (0 at ignored positions), each
+    times its sample weight, reduced: ``"mean"`` divides by ``sum s_n w[y_n]`` (class
+    indices, ``pick``) or ``sum s_n`` (class probabilities)."""
+    s = p.sample_weight
+    if pick is not None:
+        if s is not None:
+            losses = losses * pick.kept_weight  # s_n where kept, 0 where ignored
+        return p.reduce(Pass(losses, torch.sum(pick.weight)))
+    if s is None:
+        return p.reduce(Pass(losses))
+    return p.reduce(Pass(losses * s, torch.sum(s)))
+
+
+def _composed_cross_entropy(p: Classes, smoothing: float) -> Array:
+    """torch's cross-entropy of the soft-capped logits (``Classes.scores``), with the z-loss
+    from one ``logsumexp`` more and the sample weights: torch's kernels composed, which
+    autograd and torch.compile see through."""
+    rows = p.scores()  # float32 for half precision, capped with softcap
+    classes = rows.shape[-1]
+    rows = rows.reshape(-1, classes)
+    pick = _categorical.picks(p) if p.index_target else None
+    target = p.target.reshape(-1) if pick is not None else p.target.reshape(-1, classes)
+    losses = F.cross_entropy(
+        rows,
+        target,
+        weight=p.weight,
+        ignore_index=p.ignore_index,
+        reduction="none",
+        label_smoothing=smoothing,
+    ).reshape(p.predictions.shape[:-1])
+    if p.z_loss > 0.0:
+        lse = torch.logsumexp(rows, dim=1).reshape(losses.shape)
+        if pick is None:
+            losses = losses + p.z_loss * lse * lse
+        else:  # weighted as its position, by w[y_n]; nothing where ignored
+            w = 1.0 if p.weight is None else torch.take(p.weight, pick.index)
+            losses = losses + torch.where(pick.kept, p.z_loss * w * (lse * lse), 0.0)
+    if pick is not None and pick.bad is not None:
+        losses = torch.where(pick.bad, torch.nan, losses)
+    return _weighted_positions(p, losses, pick)
+
+
 def cross_entropy(p: Classes, smoothing: float) -> Array:
+    if not p.plain:
+        return _composed_cross_entropy(p, smoothing)
     target = p.target if p.index_target else _class_first(p.target)
     logits = _class_first(p.predictions)
     if logits.dtype not in _FLOATS:
@@ -213,6 +258,13 @@ def cross_entropy(p: Classes, smoothing: float) -> Array:
 
 
 def nll_loss(p: Classes) -> Array:
+    if p.sample_weight is not None:
+        pick = _categorical.picks(p)
+        negated = _nll_class_last(p.predictions, p.target, p.weight, p.ignore_index, "none")
+        losses = negated.to(p.compute_dtype)
+        if pick.bad is not None:
+            losses = torch.where(pick.bad, torch.nan, losses)
+        return _weighted_positions(p, losses, pick)
     if p.predictions.dtype not in _FLOATS:
         # float16 and bfloat16: torch's kernel gathers -x_y exactly (0 where ignored), and its
         # backward scatters without the conversions that make torch's generic scatter slow;
@@ -296,7 +348,9 @@ def _linear_chunk(
     """One chunk of positions, class indices, in place in ``buffer`` (ours): its logits,
     shifted, exponentiated and turned into the gradient with respect to them (each row times
     its ``factor``). The generic chunk makes five arrays of the chunk's size; this, one."""
-    if buffer is None:  # class probabilities: the target is as large as the logits anyway
+    if buffer is None or p.softcap is not None or p.z_loss > 0.0:
+        # class probabilities (the target is as large as the logits anyway), soft-capping and
+        # the z-loss: the generic chunk, in torch's operations
         return _linear.chunk_pass(p, smoothing, hidden, target, factor, gradient=gradient)
     logits = buffer[: hidden.shape[0]]
     if p.hidden.dtype in _FLOATS:
@@ -422,7 +476,7 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         ctx.run = run
         # Ours, not the graph's: the backward pass scales them in place and hands them over
         ctx.gradients = gradients if early else None
-        return p.reduce(Pass(losses, p.denominator()))
+        return p.reduce_losses(losses)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]
@@ -459,8 +513,9 @@ def linear_autograd(p: Linear, smoothing: float, run: LinearPass | None = None) 
         with torch.no_grad():
             passed = _linear_pass if run is None else run
             losses = passed(p, smoothing, _linear.NO_GRADIENTS, None)[0]
-            return p.reduce(Pass(losses, p.denominator()))
-    for name, x in (("target", p.target), ("class_weight", p.class_weight)):
+            return p.reduce_losses(losses)
+    named = (("target", p.target), ("class_weight", p.class_weight))
+    for name, x in (*named, ("sample_weight", p.sample_weight)):
         if x is not None and x.requires_grad:
             raise TypeError(
                 f"linear_cross_entropy is differentiated in hidden, weight and bias only, not "
@@ -481,7 +536,7 @@ def linear_cross_entropy_value_and_grad(
 ) -> tuple[Array, tuple[Array | None, ...]]:
     with torch.no_grad():
         losses, *gradients = _linear_pass(p, smoothing, wanted, _linear.gradient_factor(p))
-        value = p.reduce(Pass(losses, p.denominator()))
+        value = p.reduce_losses(losses)
         return value, _linear.finish_gradients(p, wanted, *gradients)
 
 
@@ -557,10 +612,17 @@ def direct_cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    sample_weight: torch.Tensor | None = None,
     process_group: object = None,
 ) -> Array:
     if not (
         process_group is None  # classes split among processes: the sharded path
+        and softcap is None  # crossent's options beyond torch's: the kernel composes them
+        and sample_weight is None
+        and type(z_loss) is float
+        and z_loss == 0.0
         and isinstance(target, torch.Tensor)
         and _same_dtype(logits, weight, target if target.is_floating_point() else None)
         and _plain(logits, axis, reduction, ignore_index, label_smoothing)
@@ -594,9 +656,12 @@ def direct_nll_loss(
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    sample_weight: torch.Tensor | None = None,
 ) -> Array:
     # The loss itself takes microseconds: the checks are written out, and torch is called
     # with positional arguments, to keep crossent's cost within a few percent of it.
+    if sample_weight is not None:
+        return None
     if (
         weight is None
         and (log_probs.dtype is torch.bfloat16 or log_probs.dtype is torch.float16)

@@ -53,8 +53,11 @@ class Picks:
     index: Array
     #: Whether the position counts: its target is not ``ignore_index``.
     kept: Array
-    #: The weight of each position's class, 0 where ignored (1 where there is no ``weight``).
+    #: The weight of each position: its class's (1 where there is no ``weight``) times its
+    #: sample weight (1 where there is no ``sample_weight``); 0 where ignored.
     weight: Array
+    #: The sample weight of each kept position (1 without ``sample_weight``), 0 where ignored.
+    kept_weight: Array
     #: Positions whose index is neither a class nor ``ignore_index``; None on eager arrays,
     #: where such an index raised. Their loss is NaN.
     bad: Array | None
@@ -66,7 +69,14 @@ class Picks:
 
 def picks(p: Classes) -> Picks:
     return pick_classes(
-        p.xp, p.target, p.num_classes, p.weight, p.ignore_index, p.eager, p.compute_dtype
+        p.xp,
+        p.target,
+        p.num_classes,
+        p.weight,
+        p.ignore_index,
+        p.eager,
+        p.compute_dtype,
+        p.sample_weight,
     )
 
 
@@ -78,9 +88,10 @@ def pick_classes(
     ignore_index: int,
     eager: bool,
     dtype: object,
+    sample_weight: Array | None = None,
 ) -> Picks:
     """What the class indices ``t`` pick, over ``num_classes`` classes weighted by ``weight``
-    (or None), in the compute ``dtype``."""
+    (or None), each position by ``sample_weight`` (or None), in the compute ``dtype``."""
     kept = t != ignore_index
     in_range = (t >= 0) & (t < num_classes)
     # Clamped before gathering: torch's take_along_axis rejects -100, JAX's clips silently.
@@ -92,8 +103,13 @@ def pick_classes(
     else:
         gathered = xp.take(weight, xp.reshape(index, (-1,)), axis=0)
         position_weight = xp.where(kept, xp.reshape(gathered, tuple(t.shape)), 0.0)
+    kept_weight = xp.astype(kept, dtype)
+    if sample_weight is not None:
+        # where, not a product: an ignored position's sample weight may be inf or NaN
+        kept_weight = xp.where(kept, sample_weight, 0.0)
+        position_weight = position_weight * kept_weight
     bad = None if eager else kept & ~in_range
-    return Picks(index=index, kept=kept, weight=position_weight, bad=bad)
+    return Picks(index=index, kept=kept, weight=position_weight, kept_weight=kept_weight, bad=bad)
 
 
 def take_class(xp: Namespace, x: Array, index: Array) -> Array:
@@ -154,25 +170,45 @@ class IndexTerms:
         assert local is not None
         return cls(picks(p), smoothing, local, p.xp.sum(p.weight))
 
-    def loss(self, p: Classes, log_norm: Array, picked: Array, shifted_sum: Array | None) -> Array:
-        """The loss of each position from its three row statistics."""
+    def loss(
+        self,
+        p: Classes,
+        log_norm: Array,
+        picked: Array,
+        shifted_sum: Array | None,
+        shift: Array | None = None,
+    ) -> Array:
+        """The loss of each position from its three row statistics (and, for the z-loss, the
+        ``shift`` ``m`` of each row, shape of ``log_norm``: ``lse = m + log_norm``)."""
         xp, pick, smoothing = p.xp, self.pick, self.smoothing
         loss = pick.weight * (log_norm - picked)
         if smoothing > 0.0:
             assert shifted_sum is not None
             smooth = self.class_weight_sum * log_norm - shifted_sum
+            if p.sample_weight is not None:
+                smooth = pick.kept_weight * smooth
             loss = (1.0 - smoothing) * loss + (smoothing / p.num_classes) * smooth
+        if p.z_loss > 0.0:
+            assert shift is not None
+            lse = shift + log_norm
+            loss = loss + p.z_loss * pick.weight * (lse * lse)
         # where, not a product: an ignored position's nll may be inf, and 0 * inf is NaN.
         return mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
 
     def softmax_coefficient(self, p: Classes) -> Array:
-        """``s_n``, the factor of each position's softmax in its gradient."""
+        """``s_n``, the factor of each position's softmax in its gradient (without the
+        z-loss's, :meth:`z_coefficient`)."""
         coefficient = (1.0 - self.smoothing) * self.pick.weight
         if self.smoothing > 0.0:
-            kept = p.xp.astype(self.pick.kept, coefficient.dtype)
             share = (self.smoothing / p.num_classes) * self.class_weight_sum
-            coefficient = coefficient + share * kept
+            coefficient = coefficient + share * self.pick.kept_weight
         return coefficient
+
+    def z_coefficient(self, p: Classes, lse: Array) -> Array:
+        """What the z-loss ``z_loss w_n lse_n**2`` adds to the softmax's factor:
+        ``2 z_loss w_n lse_n``, 0 at ignored positions (whose ``lse`` may be inf)."""
+        z = (2.0 * p.z_loss) * self.pick.weight * lse
+        return p.xp.where(self.pick.kept, z, 0.0)
 
     def target_term(self) -> Array:
         """What the gradient loses at each position's target class: ``(1 - eps) w_y``."""
@@ -183,7 +219,7 @@ class IndexTerms:
         to broadcast against the rows; None without smoothing."""
         if self.smoothing == 0.0:
             return None
-        kept = p.xp.astype(self.pick.kept, p.compute_dtype)[..., None]
+        kept = self.pick.kept_weight[..., None]
         return (self.smoothing / p.num_classes) * self.class_weights * kept
 
     def weight_sum(self, p: Classes) -> Array:
@@ -250,7 +286,10 @@ def coefficients(p: Classes, smoothing: float, terms: IndexTerms | None) -> Arra
     None with class indices and no smoothing."""
     if terms is None:
         target = smoothed_targets(p.xp, p.target, smoothing)
-        return target if p.weight is None else target * p.weight
+        target = target if p.weight is None else target * p.weight
+        if p.sample_weight is not None:
+            target = target * p.sample_weight[..., None]
+        return target
     return terms.class_weights if smoothing > 0.0 else None
 
 
@@ -281,28 +320,51 @@ def cross_entropy_pass(
             return stats.exp_shifted
         return xp.exp(p.scores() - stats.shift)
 
+    lse = None
+    if p.z_loss > 0.0:
+        lse = stats.shift[..., 0] + log_norm
+
     if terms is None:
         assert stats.shifted_sum is not None
         assert stats.mass is not None
         assert a is not None
         mass = stats.mass
         loss = log_norm * mass - stats.shifted_sum
+        coefficient = mass
+        denominator = None
+        if p.sample_weight is not None:
+            denominator = xp.sum(p.sample_weight)
+        if lse is not None:
+            z_weight = 1.0 if p.sample_weight is None else p.sample_weight
+            loss = loss + p.z_loss * z_weight * (lse * lse)
+            coefficient = coefficient + (2.0 * p.z_loss) * z_weight * lse
         if not gradient:
-            return Pass(loss)
-        return Pass(loss, None, exp_shifted() * (mass / stats.total)[..., None] - a)
+            return Pass(loss, denominator)
+        grad = exp_shifted() * (coefficient / stats.total)[..., None] - a
+        return Pass(loss, denominator, _through_softcap(p, grad))
 
     pick = terms.pick
     assert stats.picked is not None
-    loss = terms.loss(p, log_norm, stats.picked, stats.shifted_sum)
+    loss = terms.loss(p, log_norm, stats.picked, stats.shifted_sum, stats.shift[..., 0])
     if not gradient:
         return Pass(loss, terms.weight_sum(p))
 
-    grad = exp_shifted() * (terms.softmax_coefficient(p) / stats.total)[..., None]
+    coefficient = terms.softmax_coefficient(p)
+    if lse is not None:
+        coefficient = coefficient + terms.z_coefficient(p, lse)
+    grad = exp_shifted() * (coefficient / stats.total)[..., None]
     smoothing_term = terms.smoothing_term(p)
     if smoothing_term is not None:
         grad = grad - smoothing_term
     grad = xp.where(is_target_class(p, pick), grad - terms.target_term()[..., None], grad)
-    return Pass(loss, terms.weight_sum(p), mark_bad(xp, grad, pick.bad_rows()), pick.kept)
+    grad = _through_softcap(p, mark_bad(xp, grad, pick.bad_rows()))
+    return Pass(loss, terms.weight_sum(p), grad, pick.kept)
+
+
+def _through_softcap(p: Classes, grad: Array) -> Array:
+    """The gradient with respect to the soft-capped logits, taken back to the logits."""
+    derivative = p.softcap_derivative()
+    return grad if derivative is None else grad * derivative
 
 
 def cross_entropy(p: Classes, smoothing: float) -> Array:
@@ -349,6 +411,8 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
     outside = None if p.eager else outside_unit_interval(xp, p.predictions, -1)
     if not p.index_target:
         target = p.target if p.weight is None else p.target * p.weight
+        if p.sample_weight is not None:
+            target = target * p.sample_weight[..., None]
         clipped, inside = clip_probs(xp, p.scores(), eps)
         absent = target == 0
         terms = xp.where(absent, 0.0, target * _log_where(xp, clipped, ~absent))
@@ -357,7 +421,8 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
         if gradient:
             grad = xp.where(absent | ~inside, 0.0, -target / clipped)
             grad = mark_bad(xp, grad, None if outside is None else outside[..., None])
-        return Pass(loss, None, grad)
+        denominator = None if p.sample_weight is None else xp.sum(p.sample_weight)
+        return Pass(loss, denominator, grad)
 
     pick = picks(p)
     picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)

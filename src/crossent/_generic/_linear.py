@@ -23,7 +23,7 @@ loops (in place for NumPy, ``addmm_`` for torch, ``lax.scan`` for JAX).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from array_api_compat import device
 
@@ -118,6 +118,13 @@ class Linear(Problem):
     chunk_size: int
     #: The caller's ``hidden.shape``: the positions' shape, then ``D``.
     hidden_shape: tuple[int, ...]
+    #: One weight per position ``(N,)`` in the compute dtype, or None. Outside the chunks:
+    #: each position's loss and gradient factor are multiplied by it (:meth:`weigh`,
+    #: :func:`gradient_factor`).
+    sample_weight: Array | None = field(default=None, kw_only=True)
+    #: Soft-capping and the z-loss, as :class:`~._problems.Classes` has them: in each chunk.
+    softcap: float | None = field(default=None, kw_only=True)
+    z_loss: float = field(default=0.0, kw_only=True)
 
     @property
     def index_target(self) -> bool:
@@ -169,6 +176,8 @@ class Linear(Problem):
             weight=self.class_weight,
             ignore_index=self.ignore_index,
             axis=1,
+            softcap=self.softcap,
+            z_loss=self.z_loss,
         )
 
     def picks(self) -> Picks:
@@ -181,28 +190,56 @@ class Linear(Problem):
             self.ignore_index,
             self.eager,
             self.compute_dtype,
+            self.sample_weight,
         )
 
     def denominator(self) -> Array | None:
-        """What ``"mean"`` divides by: the kept positions' total weight for class indices,
-        None (the number of positions) for class probabilities."""
-        return self.xp.sum(self.picks().weight) if self.index_target else None
+        """What ``"mean"`` divides by: the kept positions' total weight for class indices
+        (sample weights included), the sum of the sample weights or None (the number of
+        positions) for class probabilities."""
+        if self.index_target:
+            return self.xp.sum(self.picks().weight)
+        return None if self.sample_weight is None else self.xp.sum(self.sample_weight)
+
+    def weigh(self, losses: Array) -> Array:
+        """The positions' ``losses`` times their sample weights (0 at ignored positions, whose
+        sample weight is not read)."""
+        if self.sample_weight is None:
+            return losses
+        if self.index_target:
+            return losses * self.picks().kept_weight
+        return losses * self.sample_weight
+
+    def reduce_losses(self, losses: Array) -> Array:
+        """The reduced loss of the positions' ``losses`` (before their sample weights)."""
+        return self.reduce(Pass(self.weigh(losses), self.denominator()))
 
 
 def gradient_factor(p: Linear) -> Array | float | None:
     """What the gradient of each position's loss is multiplied by for the reduction: None for
     ``"sum"`` and ``"none"`` (the gradient of the summed loss); for ``"mean"``, ``1 / N`` with
     class probabilities, and with class indices torch's ``1 / W`` at kept positions and 0 at
-    ignored ones (NaN at kept ones where the total weight ``W`` is 0)."""
-    if p.reduction != "mean":
-        return None
+    ignored ones (NaN at kept ones where the total weight ``W`` is 0). With sample weights,
+    times each position's (``"mean"`` then divides by their total, or the weighted ``W``)."""
+    xp = p.xp
+    s = p.sample_weight
     if not p.index_target:
-        return 1.0 / p.num_positions if p.num_positions else float("nan")
-    xp, pick = p.xp, p.picks()
-    total = xp.sum(pick.weight)
+        if p.reduction != "mean":
+            return s
+        if s is None:
+            return 1.0 / p.num_positions if p.num_positions else float("nan")
+        return s * _inverse(xp, xp.sum(s))
+    if p.reduction != "mean":
+        return None if s is None else p.picks().kept_weight
+    pick = p.picks()
+    inverse = _inverse(xp, xp.sum(pick.weight))
+    return xp.where(pick.kept, inverse if s is None else inverse * pick.kept_weight, 0.0)
+
+
+def _inverse(xp: Namespace, total: Array) -> Array:
+    """``1 / total``, NaN where it is 0 (an empty mean), and no division by 0 for autodiff."""
     empty = total == 0
-    inverse = xp.where(empty, xp.nan, 1.0 / xp.where(empty, 1.0, total))
-    return xp.where(pick.kept, inverse, 0.0)
+    return xp.where(empty, xp.nan, 1.0 / xp.where(empty, 1.0, total))
 
 
 def upstream_factor(p: Linear, upstream: Array) -> Array:
@@ -278,7 +315,7 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
         chunk_pass(p, smoothing, *_rows(p, start, stop), None, gradient=False)[0]
         for start, stop in p.spans()
     ]
-    return p.reduce(Pass(_join(p, losses), p.denominator()))
+    return p.reduce_losses(_join(p, losses))
 
 
 def linear_cross_entropy_value_and_grad(
@@ -303,7 +340,7 @@ def linear_cross_entropy_value_and_grad(
             d_weight = dw if d_weight is None else d_weight + dw
         if db is not None:
             d_bias = db if d_bias is None else d_bias + db
-    value = p.reduce(Pass(_join(p, losses), p.denominator()))
+    value = p.reduce_losses(_join(p, losses))
     return value, finish_gradients(p, wanted, _join(p, d_hidden, 2), d_weight, d_bias)
 
 

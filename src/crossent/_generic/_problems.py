@@ -8,7 +8,7 @@ the same way (:meth:`Problem.reduce`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from array_api_compat import device
 
@@ -20,6 +20,9 @@ from .._validation import (
     check_index,
     check_real_floating,
     check_reduction,
+    check_sample_weight,
+    check_softcap,
+    check_z_loss,
     compute_dtype,
     get_namespace,
     normalize_axis,
@@ -153,6 +156,17 @@ class Classes(Problem):
     ignore_index: int
     #: The caller's class axis, non-negative.
     axis: int
+    #: One weight per position, shape ``predictions.shape[:-1]``, in the compute dtype; or None.
+    sample_weight: Array | None = field(default=None, kw_only=True)
+    #: Logit soft-capping: the logits are ``softcap * tanh(x / softcap)``; or None.
+    softcap: float | None = field(default=None, kw_only=True)
+    #: The z-loss's factor: each kept position's loss gains ``z_loss * lse**2``.
+    z_loss: float = field(default=0.0, kw_only=True)
+
+    @property
+    def plain(self) -> bool:
+        """No sample weights, soft-capping or z-loss: torch's own options alone."""
+        return self.sample_weight is None and self.softcap is None and self.z_loss == 0.0
 
     @property
     def index_target(self) -> bool:
@@ -161,8 +175,20 @@ class Classes(Problem):
     def scores(self) -> Array:
         """The predictions in the compute dtype (float32 for float16 and bfloat16): a copy for
         those, made on each call, so that a path that reads only the target's entries converts
-        only those. (Not a cached property: torch.compile cannot trace its lock.)"""
-        return self.xp.astype(self.predictions, self.compute_dtype, copy=False)
+        only those. (Not a cached property: torch.compile cannot trace its lock.) With
+        ``softcap``, the soft-capped logits."""
+        scores = self.xp.astype(self.predictions, self.compute_dtype, copy=False)
+        if self.softcap is not None:
+            scores = self.softcap * self.xp.tanh(scores / self.softcap)
+        return scores
+
+    def softcap_derivative(self) -> Array | None:
+        """``d softcap(x) / dx = 1 - tanh(x / softcap)**2``; None without soft-capping."""
+        if self.softcap is None:
+            return None
+        xp = self.xp
+        t = xp.tanh(xp.astype(self.predictions, self.compute_dtype, copy=False) / self.softcap)
+        return 1.0 - t * t
 
     @property
     def num_classes(self) -> int:
@@ -206,13 +232,21 @@ def prepare_classes(
     ignore_index: object,
     reduction: object,
     probability_target: bool,
+    sample_weight: Array | None = None,
+    softcap: object = None,
+    z_loss: object = 0.0,
 ) -> Classes:
     """Check the arguments of a categorical loss and put them in canonical form.
 
     ``probability_target`` says whether a floating ``target`` of class probabilities is allowed
     beside class indices.
     """
-    xp = get_namespace((pred_name, predictions), ("target", target), ("weight", weight))
+    xp = get_namespace(
+        (pred_name, predictions),
+        ("target", target),
+        ("weight", weight),
+        ("sample_weight", sample_weight),
+    )
     check_real_floating(xp, pred_name, predictions)
     ax = normalize_axis(pred_name, predictions, axis)
     reduction = check_reduction(reduction)
@@ -257,6 +291,10 @@ def prepare_classes(
     if weight is not None:
         of = f"{pred_name} {shape_str(shape)} along axis {axis}"
         weight = check_class_weights(xp, "weight", weight, num_classes, of, dtype)
+    if sample_weight is not None:
+        sample_weight = check_sample_weight(
+            xp, sample_weight, positions, f"{pred_name} {shape_str(shape)}", f"axis {axis}", dtype
+        )
 
     problem = Classes(
         xp=xp,
@@ -268,6 +306,9 @@ def prepare_classes(
         weight=weight,
         ignore_index=ignore_index,
         axis=ax,
+        sample_weight=sample_weight,
+        softcap=check_softcap(softcap),
+        z_loss=check_z_loss(z_loss),
     )
     if problem.eager and problem.index_target:
         check_class_indices(xp, target, num_classes, ignore_index)

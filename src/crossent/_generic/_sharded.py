@@ -69,6 +69,7 @@ __all__ = [
     "linear_cross_entropy_value_and_grad",
     "linear_pass",
     "prepare_classes",
+    "refuse_options",
     "row_statistics",
 ]
 
@@ -351,7 +352,7 @@ def linear_pass(
 
 def linear_cross_entropy(p: ShardedLinear, smoothing: float, group: Collectives) -> Array:
     losses = linear_pass(p, smoothing, group, NO_GRADIENTS, None)[0]
-    return p.reduce(Pass(losses, p.denominator()))
+    return p.reduce_losses(losses)
 
 
 def linear_cross_entropy_value_and_grad(
@@ -360,5 +361,19 @@ def linear_cross_entropy_value_and_grad(
     """The reduced loss of the whole and the gradients ``wanted``: of ``hidden`` (the whole's,
     the same on every member), of this member's ``weight`` and ``bias``."""
     losses, *gradients = linear_pass(p, smoothing, group, wanted, gradient_factor(p))
-    value = p.reduce(Pass(losses, p.denominator()))
+    value = p.reduce_losses(losses)
     return value, finish_gradients(p, wanted, gradients[0], gradients[1], gradients[2])
+
+
+def refuse_options(name: str, **options: object) -> None:
+    """Refuse the options a sharded call does not take (those not None, 0 or 0.0)."""
+    given = [
+        k
+        for k, v in options.items()
+        if v is not None and not (isinstance(v, (int, float)) and v == 0)
+    ]
+    if given:
+        raise TypeError(
+            f"{name} with process_group does not take {', '.join(given)} (yet): pass "
+            "process_group=None, or leave them out"
+        )
