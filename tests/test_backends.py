@@ -24,7 +24,7 @@ from conftest import to_numpy
 import crossent
 from crossent import _dispatch
 from crossent._dispatch import PUBLIC_FUNCTIONS, generic_only, kernels
-from crossent._generic import _binary, _categorical, _divergence, _linear, _softmax
+from crossent._generic import _binary, _categorical, _divergence, _linear, _softmax, _variants
 from crossent._gradients import ANALYTIC
 
 #: float16 is computed in float32 on both paths: they may round apart by one unit
@@ -147,6 +147,10 @@ EXPECTED_KERNELS = {
         _divergence.kl_div,
         _linear.linear_cross_entropy,
         _linear.linear_cross_entropy_value_and_grad,
+        _binary.sigmoid_focal_loss,
+        _binary.multilabel_soft_margin_loss,
+        _variants.softmax_focal_loss,
+        _variants.poly1_cross_entropy,
     },
     "dask": {
         _softmax.logsumexp,
@@ -253,8 +257,12 @@ def test_each_public_function_dispatches_its_generic_function(generic, monkeypat
         "cross_entropy_from_probs": (probs, np.array([0, 1])),
         "binary_cross_entropy": (probs, probs),
         "binary_cross_entropy_with_logits": (probs, probs),
+        "sigmoid_focal_loss": (probs, probs),
+        "multilabel_soft_margin_loss": (probs, probs),
         "kl_div": (np.log(probs), probs),
         "linear_cross_entropy": (probs, probs, np.array([0, 1])),
+        "softmax_focal_loss": (probs, np.array([0, 1])),
+        "poly1_cross_entropy": (probs, np.array([0, 1])),
     }
     func(*arguments[func.__name__])
     assert asked == [generic]

@@ -234,6 +234,35 @@ CASES = [
         lambda r: (_logits(r), r.uniform(0, 1, (N, C)), _weight(r)),
     ),
     Case(
+        "sigmoid_focal_loss",
+        lambda x, t, s, **kw: crossent.sigmoid_focal_loss(x, t, gamma=0.5, sample_weight=s, **kw),
+        lambda r: (_logits(r), r.uniform(0, 1, (N, C)), _weight(r)),
+    ),
+    Case(
+        "multilabel_soft_margin_loss",
+        lambda x, t, w, **kw: crossent.multilabel_soft_margin_loss(x, t, weight=w, **kw),
+        lambda r: (_logits(r), r.uniform(0, 1, (N, C)), _weight(r)),
+    ),
+    Case(
+        "softmax_focal_loss",
+        lambda x, t, w, **kw: crossent.softmax_focal_loss(x, t, gamma=0.5, weight=w, **kw),
+        lambda r: (_logits(r), _indices(r, ignored=True), _weight(r)),
+    ),
+    Case(
+        "poly1_cross_entropy",
+        lambda x, t, w, **kw: crossent.poly1_cross_entropy(
+            x, t, epsilon=-1.0, weight=w, label_smoothing=0.1, **kw
+        ),
+        lambda r: (_logits(r), _softmax(_logits(r)), _weight(r)),
+    ),
+    Case(
+        "cross_entropy-softcap-z_loss",
+        lambda x, t, w, **kw: crossent.cross_entropy(
+            x, t, weight=w, softcap=2.0, z_loss=0.1, label_smoothing=0.1, **kw
+        ),
+        lambda r: (_logits(r), _indices(r, ignored=True), _weight(r)),
+    ),
+    Case(
         "kl_div",
         crossent.kl_div,
         lambda r: (np.log(_softmax(_logits(r))), _softmax(_logits(r))),

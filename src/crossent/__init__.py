@@ -5,12 +5,18 @@ arrays of the same library, on the same device, in the same dtype, with the numb
 ``torch.nn.functional``.
 """
 
-from ._binary import binary_cross_entropy, binary_cross_entropy_with_logits
+from ._binary import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    multilabel_soft_margin_loss,
+    sigmoid_focal_loss,
+)
 from ._categorical import cross_entropy, cross_entropy_from_probs, nll_loss
 from ._divergence import kl_div
 from ._gradients import grad, value_and_grad
 from ._linear import linear_cross_entropy
 from ._softmax import log_sigmoid, log_softmax, logsumexp, softmax
+from ._variants import poly1_cross_entropy, softmax_focal_loss
 
 __version__ = "0.1.0"
 
@@ -26,7 +32,11 @@ __all__ = [
     "log_sigmoid",
     "log_softmax",
     "logsumexp",
+    "multilabel_soft_margin_loss",
     "nll_loss",
+    "poly1_cross_entropy",
+    "sigmoid_focal_loss",
     "softmax",
+    "softmax_focal_loss",
     "value_and_grad",
 ]

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+
 from ._dispatch import dispatch, public_function
 from ._generic import _binary as generic
+from ._generic._arrays import is_eager
 from ._generic._problems import Pointwise, prepare_pointwise
 from ._typing import Array
-from ._validation import check_eps, check_probabilities
+from ._validation import (
+    broadcasts_to,
+    check_broadcasts_to,
+    check_eps,
+    check_probabilities,
+    check_real_floating,
+    get_namespace,
+    shape_str,
+)
 
-__all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits"]
+__all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "multilabel_soft_margin_loss",
+    "sigmoid_focal_loss",
+]
 
 
 @public_function(generic.binary_cross_entropy)
@@ -189,3 +207,274 @@ def prepare_binary_cross_entropy_with_logits(
         label_target=True,
     )
     return p, ()
+
+
+@public_function(generic.sigmoid_focal_loss)
+def sigmoid_focal_loss(
+    logits: Array,
+    target: Array,
+    *,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "mean",
+    sample_weight: Array | None = None,
+) -> Array:
+    r"""Focal loss of the sigmoid of logits: binary cross-entropy that down-weights the
+    elements already classified well.
+
+    With :math:`\sigma(x)` the sigmoid and :math:`\operatorname{ce}(x, t)` the elementwise
+    :func:`binary_cross_entropy_with_logits`,
+
+    .. math::
+
+        \ell = s\, a_t\, (1 - p_t)^{\gamma} \operatorname{ce}(x, t), \qquad
+        p_t = t\, \sigma(x) + (1 - t)\, \sigma(-x), \qquad
+        a_t = \alpha t + (1 - \alpha)(1 - t),
+
+    from T.-Y. Lin, P. Goyal, R. Girshick, K. He, P. Dollár, "Focal Loss for Dense Object
+    Detection", ICCV 2017. :math:`a_t = 1` where ``alpha`` is None or negative, and
+    :math:`s = 1` without ``sample_weight``.
+
+    This is ``torchvision.ops.sigmoid_focal_loss``, but for its default reduction, which is
+    ``"none"`` there. Every term is computed from the logits, never as a difference with 1:
+    :math:`1 - p_t = t\, \sigma(-x) + (1 - t)\, \sigma(x)`, exact where :math:`\sigma(x)`
+    rounds to 1, and the loss and its gradient are finite (0) where the prediction is exactly
+    right, for any :math:`\gamma \ge 0`.
+
+    Parameters
+    ----------
+    logits : array
+        Real floating, any shape.
+    target : array
+        Targets in [0, 1], shape of ``logits``: floating, or integer or bool labels.
+    alpha : float or None, default 0.25
+        Weight of the positive term, ``1 - alpha`` that of the negative one; None or a negative
+        number weighs both by 1 (torchvision's ``alpha=-1``).
+    gamma : float, default 2.0
+        The focusing exponent, >= 0; ``gamma=0`` with ``alpha=None`` is the binary
+        cross-entropy with logits.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` averages over every element, weighted by ``sample_weight`` where given: the
+        weighted sum divided by the sum of the (broadcast) sample weights.
+    sample_weight : array, optional
+        Weights that broadcast to the shape of ``logits``; each element's loss is multiplied
+        by its weight.
+
+    Returns
+    -------
+    array
+        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array of ``logits``' library or has the wrong dtype, or
+        ``alpha`` or ``gamma`` is not a Python number.
+    ValueError
+        If shapes do not fit, ``reduction`` is unknown, the arrays are on two devices,
+        ``gamma`` is negative or ``alpha`` or ``gamma`` is not finite.
+
+    Notes
+    -----
+    **Shape.** ``logits``: any shape, ``(N, C)`` for ``C`` labels per example; ``target``: the
+    same; ``sample_weight``: broadcastable to it; output: that shape for ``reduction="none"``,
+    ``()`` otherwise.
+
+    A target outside [0, 1] is no probability: where it makes :math:`1 - p_t` negative, the
+    loss is NaN for ``gamma > 0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import sigmoid_focal_loss
+    >>> logits = np.array([3.0, -1.0, 1e4, -1e4])
+    >>> target = np.array([1.0, 0.0, 1.0, 1.0])
+    >>> sigmoid_focal_loss(logits, target, reduction="none")
+    array([2.73208311e-05, 1.69935431e-02, 0.00000000e+00, 2.50000000e+03])
+    >>> sigmoid_focal_loss(logits, target, alpha=None, gamma=0.0, reduction="none")
+    array([4.85873516e-02, 3.13261688e-01, 0.00000000e+00, 1.00000000e+04])
+    """
+    p, options = prepare_sigmoid_focal_loss(
+        logits,
+        target,
+        alpha=alpha,
+        gamma=gamma,
+        reduction=reduction,
+        sample_weight=sample_weight,
+    )
+    return dispatch(p.xp, generic.sigmoid_focal_loss, p, *options)
+
+
+def prepare_sigmoid_focal_loss(
+    logits: Array,
+    target: Array,
+    *,
+    alpha: float | None,
+    gamma: float,
+    reduction: str,
+    sample_weight: Array | None,
+) -> tuple[Pointwise, tuple[float | None, float]]:
+    """The checked arguments of :func:`sigmoid_focal_loss`: a problem whose ``weight`` holds the
+    sample weights, and ``(alpha, gamma)``, ``alpha`` None where it weighs nothing."""
+    get_namespace(("logits", logits), ("target", target), ("sample_weight", sample_weight))
+    p = prepare_pointwise("logits", logits, target, reduction=reduction, label_target=True)
+    options = (_check_alpha(alpha), _check_gamma(gamma))
+    if sample_weight is not None:
+        check_real_floating(p.xp, "sample_weight", sample_weight)
+        check_broadcasts_to("sample_weight", sample_weight, tuple(logits.shape), "logits")
+        p = dataclasses.replace(
+            p,
+            weight=p.xp.astype(sample_weight, p.compute_dtype, copy=False),
+            eager=p.eager and is_eager(sample_weight),
+        )
+    return p, options
+
+
+# Option checks of this module's losses alone.
+
+
+def _check_alpha(value: object) -> float | None:
+    """``alpha``: None or a finite Python number; None for a negative one (no weighting)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"alpha must be a Python float or None, got {type(value).__name__}; under "
+            "jax.jit, pass it as a static argument"
+        )
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"alpha must be a finite float or None, got {value}")
+    return number if number >= 0.0 else None
+
+
+def _check_gamma(value: object) -> float:
+    """``gamma``: a finite Python number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"gamma must be a Python float >= 0, got {type(value).__name__}; under jax.jit, "
+            "pass it as a static argument"
+        )
+    number = float(value)
+    if not (number >= 0.0 and math.isfinite(number)):
+        raise ValueError(f"gamma must be a finite float >= 0, got {value}")
+    return number
+
+
+@public_function(generic.multilabel_soft_margin_loss)
+def multilabel_soft_margin_loss(
+    logits: Array,
+    target: Array,
+    *,
+    weight: Array | None = None,
+    reduction: str = "mean",
+    sample_weight: Array | None = None,
+) -> Array:
+    r"""Multi-label one-versus-all loss: the binary cross-entropy with logits of each label,
+    averaged over the labels of each example.
+
+    For an example of :math:`C` labels,
+
+    .. math::
+
+        \ell_n = -\frac{s_n}{C} \sum_{c=1}^{C} w_c \left[ t_{n,c} \log \sigma(x_{n,c})
+            + (1 - t_{n,c}) \log \sigma(-x_{n,c}) \right],
+
+    computed as :math:`\frac{s_n}{C} \sum_c w_c [t \operatorname{softplus}(-x)
+    + (1 - t) \operatorname{softplus}(x)]`, which never overflows; :math:`s_n = 1` without
+    ``sample_weight``.
+
+    This is ``torch.nn.functional.multilabel_soft_margin_loss`` (see torch's documentation of
+    ``MultiLabelSoftMarginLoss``), with ``sample_weight`` added.
+
+    Parameters
+    ----------
+    logits : array
+        Real floating, shape ``(N, C)`` or ``(C,)``: the labels on the last axis.
+    target : array
+        Targets in [0, 1], shape of ``logits``: floating, or integer or bool labels.
+    weight : array, optional
+        Weights of the labels, shape ``(C,)``, or any shape that broadcasts to ``logits``.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` averages over the examples (not the labels): the sum divided by ``N``, or
+        by the sum of the (broadcast) sample weights where given.
+    sample_weight : array, optional
+        One weight per example, shape ``(N,)`` (``()`` for ``(C,)`` logits), or any shape that
+        broadcasts to it.
+
+    Returns
+    -------
+    array
+        Of ``logits``' library, device and dtype; shape ``(N,)`` (``()`` for ``(C,)`` logits)
+        for ``reduction="none"``, 0-d otherwise.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array of ``logits``' library, or has the wrong dtype.
+    ValueError
+        If ``logits`` is 0-d, shapes do not fit, ``reduction`` is unknown, or the arrays are on
+        two devices.
+
+    Notes
+    -----
+    **Shape.** ``logits``: ``(N, C)`` or ``(C,)`` (more leading axes are positions too, as in
+    torch); ``target``: the same; ``weight``: broadcastable to it, ``(C,)`` most often;
+    ``sample_weight``: broadcastable to ``(N,)``; output: ``(N,)`` (``()`` for ``(C,)``
+    logits) for ``reduction="none"``, ``()`` otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import multilabel_soft_margin_loss
+    >>> logits = np.array([[3.0, -1.0, 0.5], [1e4, -2.0, 0.0]])
+    >>> target = np.array([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    >>> multilabel_soft_margin_loss(logits, target, reduction="none")
+    array([0.27864201, 0.2733584 ])
+    >>> multilabel_soft_margin_loss(logits, target, weight=np.array([1.0, 2.0, 0.5]))
+    array(0.25209647)
+    """
+    p, options = prepare_multilabel_soft_margin_loss(
+        logits, target, weight=weight, reduction=reduction, sample_weight=sample_weight
+    )
+    return dispatch(p.xp, generic.multilabel_soft_margin_loss, p, *options)
+
+
+def prepare_multilabel_soft_margin_loss(
+    logits: Array,
+    target: Array,
+    *,
+    weight: Array | None,
+    reduction: str,
+    sample_weight: Array | None,
+) -> tuple[generic.MultiLabel, tuple[()]]:
+    """The checked arguments of :func:`multilabel_soft_margin_loss`."""
+    xp = get_namespace(
+        ("logits", logits),
+        ("target", target),
+        ("weight", weight),
+        ("sample_weight", sample_weight),
+    )
+    check_real_floating(xp, "logits", logits)
+    shape = tuple(logits.shape)
+    if not shape:
+        raise ValueError(
+            "logits must have at least one dimension, the labels (shape (N, C) or (C,)); "
+            "got shape ()"
+        )
+    p = prepare_pointwise(
+        "logits", logits, target, reduction=reduction, weight=weight, label_target=True
+    )
+    if sample_weight is not None:
+        check_real_floating(xp, "sample_weight", sample_weight)
+        positions = shape[:-1]
+        if not broadcasts_to(tuple(sample_weight.shape), positions):
+            raise ValueError(
+                f"sample_weight has shape {shape_str(sample_weight.shape)}, expected one weight "
+                f"per example: a shape that broadcasts to {shape_str(positions)}, that of "
+                f"logits {shape_str(shape)} without its last axis, the labels"
+            )
+        sample_weight = xp.astype(sample_weight, p.compute_dtype, copy=False)
+    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
+    fields["eager"] = p.eager and is_eager(sample_weight)
+    return generic.MultiLabel(**fields, sample_weight=sample_weight), ()

@@ -16,8 +16,12 @@ from typing import Any
 from ._binary import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
+    multilabel_soft_margin_loss,
     prepare_binary_cross_entropy,
     prepare_binary_cross_entropy_with_logits,
+    prepare_multilabel_soft_margin_loss,
+    prepare_sigmoid_focal_loss,
+    sigmoid_focal_loss,
 )
 from ._categorical import (
     cross_entropy,
@@ -29,9 +33,15 @@ from ._categorical import (
 )
 from ._dispatch import dispatch, entry
 from ._divergence import kl_div, prepare_kl_div
-from ._generic import _binary, _categorical, _divergence, _linear
+from ._generic import _binary, _categorical, _divergence, _linear, _variants
 from ._linear import linear_cross_entropy, prepare_linear_cross_entropy
 from ._typing import Array
+from ._variants import (
+    poly1_cross_entropy,
+    prepare_poly1_cross_entropy,
+    prepare_softmax_focal_loss,
+    softmax_focal_loss,
+)
 
 __all__ = ["grad", "value_and_grad"]
 
@@ -65,11 +75,23 @@ ANALYTIC: dict[Callable[..., Array], _Analytic] = {
         prepare_binary_cross_entropy_with_logits,
         _binary.binary_cross_entropy_with_logits_value_and_grad,
     ),
+    sigmoid_focal_loss: _Analytic(
+        prepare_sigmoid_focal_loss, _binary.sigmoid_focal_loss_value_and_grad
+    ),
+    multilabel_soft_margin_loss: _Analytic(
+        prepare_multilabel_soft_margin_loss, _binary.multilabel_soft_margin_loss_value_and_grad
+    ),
     kl_div: _Analytic(prepare_kl_div, _divergence.kl_div_value_and_grad),
     linear_cross_entropy: _Analytic(
         prepare_linear_cross_entropy,
         _linear.linear_cross_entropy_value_and_grad,
         ("hidden", "weight", "bias"),
+    ),
+    softmax_focal_loss: _Analytic(
+        prepare_softmax_focal_loss, _variants.softmax_focal_loss_value_and_grad
+    ),
+    poly1_cross_entropy: _Analytic(
+        prepare_poly1_cross_entropy, _variants.poly1_cross_entropy_value_and_grad
     ),
 }
 
@@ -147,7 +169,8 @@ def value_and_grad(
     ----------
     fn : callable
         One of crossent's losses: ``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``,
-        ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``, ``kl_div``,
+        ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``,
+        ``sigmoid_focal_loss``, ``multilabel_soft_margin_loss``, ``kl_div``,
         ``linear_cross_entropy``.
     argnums : int or tuple of int, default 0
         The positional arguments of ``fn`` to differentiate in: the predictions (0) for every

@@ -29,15 +29,19 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from .._generic import _binary, _categorical, _divergence, _linear
+from .._generic import _binary, _categorical, _divergence, _linear, _variants
 from .._generic._linear import Linear
-from .._generic._problems import Classes, Pass, Pointwise, Problem
+from .._generic._problems import Classes, Pointwise, Problem
 from .._typing import Array
 
 __all__ = ["KERNELS"]
 
 #: The floating arrays of each kind of problem that autodiff may reach, besides predictions.
-_OTHERS = {Classes: ("target", "weight"), Pointwise: ("target", "weight", "pos_weight")}
+_OTHERS = {
+    Classes: ("target", "weight", "sample_weight"),
+    Pointwise: ("target", "weight", "pos_weight"),
+    _binary.MultiLabel: ("target", "weight", "pos_weight", "sample_weight"),
+}
 
 
 def _predictions(p: Problem) -> Array:
@@ -63,6 +67,8 @@ def _contract(p: Problem, gradient: Array, tangent: Array) -> Array:
         return jnp.sum(product)
     if isinstance(p, Classes):
         return jnp.sum(product, axis=p.axis)
+    if isinstance(p, _binary.MultiLabel):  # one loss per position, over its labels
+        return jnp.sum(product, axis=-1)
     return product
 
 
@@ -302,9 +308,7 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
     get a gradient computed (``symbolic_zeros``)."""
 
     def value(q: Linear) -> Array:
-        return q.reduce(
-            Pass(_linear_scan(q, smoothing, _linear.NO_GRADIENTS, None)[0], q.denominator())
-        )
+        return q.reduce_losses(_linear_scan(q, smoothing, _linear.NO_GRADIENTS, None)[0])
 
     @jax.custom_vjp
     def compute(*arrays: Any) -> Array:
@@ -326,7 +330,7 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
         if q.reduction == "none" or not any(wanted) or half:
             return value(q), (arrays, wanted, None)
         losses, *gradients = _linear_scan(q, smoothing, wanted, _linear.gradient_factor(q))
-        return q.reduce(Pass(losses, q.denominator())), (arrays, wanted, gradients)
+        return q.reduce_losses(losses), (arrays, wanted, gradients)
 
     def backward(residuals: Any, upstream: Array) -> tuple[Any, ...]:
         arrays, wanted, gradients = residuals
@@ -353,7 +357,7 @@ def linear_cross_entropy_value_and_grad(
     p: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
 ) -> tuple[Array, tuple[Array | None, ...]]:
     losses, *gradients = _linear_scan(p, smoothing, wanted, _linear.gradient_factor(p))
-    value = p.reduce(Pass(losses, p.denominator()))
+    value = p.reduce_losses(losses)
     return value, _linear.finish_gradients(p, wanted, *gradients)
 
 
@@ -373,7 +377,20 @@ KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
         _binary.binary_cross_entropy_with_logits,
         _binary.binary_cross_entropy_with_logits_value_and_grad,
     ),
+    _binary.sigmoid_focal_loss: _analytic(
+        _binary.sigmoid_focal_loss, _binary.sigmoid_focal_loss_value_and_grad
+    ),
+    _binary.multilabel_soft_margin_loss: _analytic(
+        _binary.multilabel_soft_margin_loss,
+        _binary.multilabel_soft_margin_loss_value_and_grad,
+    ),
     _divergence.kl_div: _analytic(_divergence.kl_div, _divergence.kl_div_value_and_grad),
     _linear.linear_cross_entropy: linear_cross_entropy,
     _linear.linear_cross_entropy_value_and_grad: linear_cross_entropy_value_and_grad,
+    _variants.softmax_focal_loss: _analytic(
+        _variants.softmax_focal_loss, _variants.softmax_focal_loss_value_and_grad
+    ),
+    _variants.poly1_cross_entropy: _analytic(
+        _variants.poly1_cross_entropy, _variants.poly1_cross_entropy_value_and_grad
+    ),
 }

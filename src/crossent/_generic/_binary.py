@@ -4,15 +4,17 @@ each with its gradient from the same pass, on a prepared :class:`~._problems.Poi
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .._typing import Array, Namespace
-from .._validation import outside_unit_interval
+from .._validation import num_elements, outside_unit_interval
 from ._problems import Pass, Pointwise
 from ._stable import at_least, clip_probs, mark_bad, softplus_pair
 
 __all__ = [
     "GRADIENT_FLOOR",
     "LOG_FLOOR",
+    "MultiLabel",
     "binary_cross_entropy",
     "binary_cross_entropy_pass",
     "binary_cross_entropy_slope",
@@ -23,6 +25,13 @@ __all__ = [
     "binary_cross_entropy_with_logits_value_and_grad",
     "floored_logs",
     "loss_of_logs",
+    "multilabel_soft_margin_loss",
+    "multilabel_soft_margin_loss_pass",
+    "multilabel_soft_margin_loss_value_and_grad",
+    "sigmoid_focal_loss",
+    "sigmoid_focal_loss_pass",
+    "sigmoid_focal_loss_value_and_grad",
+    "sigmoid_pair",
 ]
 
 #: torch clamps each logarithm of binary_cross_entropy at -100, so that a probability of exactly
@@ -145,3 +154,135 @@ def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
 
 def binary_cross_entropy_with_logits_value_and_grad(p: Pointwise) -> tuple[Array, Array]:
     return p.value_and_grad(binary_cross_entropy_with_logits_pass(p, gradient=True))
+
+
+# --- sigmoid_focal_loss -----------------------------------------------------------------------
+
+
+def sigmoid_pair(xp: Namespace, x: Array) -> tuple[Array, Array, Array, Array]:
+    """``softplus(x)``, ``softplus(-x)``, ``sigmoid(x)`` and ``sigmoid(-x)``, each to a few
+    units of its own last place for any ``x``: ``sigmoid(-x)`` is not ``1 - sigmoid(x)``, which
+    is 0 from ``x = 37`` on."""
+    softplus, softplus_of_minus, decay = softplus_pair(xp, x)
+    nonnegative = x >= 0
+    sigmoid = xp.where(nonnegative, 1.0, decay) / (1.0 + decay)
+    complement = xp.where(nonnegative, decay, 1.0) / (1.0 + decay)
+    return softplus, softplus_of_minus, sigmoid, complement
+
+
+def _focusing(xp: Namespace, miss: Array, gamma: float) -> Array | None:
+    """``miss**gamma`` (``miss = 1 - p_t``), None for ``gamma = 0`` (a factor of 1).
+
+    As ``exp(gamma log(miss))`` with a double ``where`` at 0: autodiff then divides by ``miss``
+    (the derivative of ``log``) where ``pow``'s derivative ``gamma miss**(gamma - 1)`` would
+    overflow, and gives 0 where ``miss`` is exactly 0, never ``inf * 0``. A NaN stays NaN; a
+    negative ``miss`` (a target outside [0, 1]) gives NaN."""
+    if gamma == 0.0:
+        return None
+    zero = miss == 0
+    return xp.where(zero, 0.0, xp.exp(gamma * xp.log(xp.where(zero, 1.0, miss))))
+
+
+def sigmoid_focal_loss_pass(
+    p: Pointwise, alpha: float | None, gamma: float, *, gradient: bool
+) -> Pass:
+    """The elementwise loss ``a_t ce q**gamma`` and with ``gradient`` its derivative.
+
+    With ``s = sigmoid(x)``, ``r = sigmoid(-x)``, the miss ``q = 1 - p_t = t r + (1 - t) s``
+    (a sum of two non-negative terms for ``t`` in [0, 1], so it never cancels: exactly ``r``
+    or ``s`` for a label) and ``dq/dx = (1 - 2t) s r``,
+
+        d loss / dx = a_t q**gamma [(s - t) + gamma ce (1 - 2t) s r / q].
+
+    ``s r / q`` lies in [0, 1] (``q`` is a mean of ``r`` and ``s``, and ``s r <= min(r, s)``),
+    and is 0 where ``q`` is 0 (then ``s r`` is too), so the gradient stays finite where the
+    prediction is exactly right, whatever ``gamma``. ``p.weight`` holds the sample weights:
+    ``"mean"`` divides by their sum."""
+    xp = p.xp
+    x, t = p.pred, p.target
+    softplus, softplus_of_minus, sigmoid, complement = sigmoid_pair(xp, x)
+    cross_entropy = t * softplus_of_minus + (1.0 - t) * softplus
+    miss = t * complement + (1.0 - t) * sigmoid
+    focus = _focusing(xp, miss, gamma)
+    loss = cross_entropy if focus is None else cross_entropy * focus
+    grad = None
+    if gradient:
+        grad = (1.0 - t) * sigmoid - t * complement  # sigmoid(x) - t, exact for labels
+        if focus is not None:
+            zero = miss == 0
+            ratio = xp.where(zero, 0.0, sigmoid * complement / xp.where(zero, 1.0, miss))
+            grad = focus * (grad + gamma * cross_entropy * (1.0 - 2.0 * t) * ratio)
+    factor = None if alpha is None else alpha * t + (1.0 - alpha) * (1.0 - t)
+    if p.weight is not None:
+        factor = p.weight if factor is None else factor * p.weight
+    if factor is not None:
+        loss = loss * factor
+        grad = None if grad is None else grad * factor
+    denominator = None
+    if p.weight is not None and p.reduction == "mean":
+        denominator = xp.sum(xp.broadcast_to(p.weight, tuple(x.shape)))
+    return Pass(loss, denominator, grad)
+
+
+def sigmoid_focal_loss(p: Pointwise, alpha: float | None, gamma: float) -> Array:
+    return p.reduce(sigmoid_focal_loss_pass(p, alpha, gamma, gradient=False))
+
+
+def sigmoid_focal_loss_value_and_grad(
+    p: Pointwise, alpha: float | None, gamma: float
+) -> tuple[Array, Array]:
+    return p.value_and_grad(sigmoid_focal_loss_pass(p, alpha, gamma, gradient=True))
+
+
+# --- multilabel_soft_margin_loss --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MultiLabel(Pointwise):
+    """One call of a multi-label loss, checked: ``C`` labels on the last axis of ``pred``, and
+    one loss per position (the other axes; ``()`` for ``pred`` of shape ``(C,)``)."""
+
+    #: Weights that broadcast to the positions' shape, in the compute dtype; or None.
+    sample_weight: Array | None = field(default=None, kw_only=True)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.pred.shape[-1])
+
+    def count(self) -> int:
+        return num_elements(self.pred.shape[:-1])
+
+
+def multilabel_soft_margin_loss_pass(p: MultiLabel, *, gradient: bool) -> Pass:
+    """The loss of each position, the mean over its labels of the (weighted) binary
+    cross-entropy with logits, and with ``gradient`` its derivative ``w (sigmoid(x) - t) / C``
+    (times the sample weight), as ``(1 - t) sigmoid(x) - t sigmoid(-x)``: exact for labels
+    where ``sigmoid(x)`` rounds to 1."""
+    xp = p.xp
+    x, t = p.pred, p.target
+    softplus, softplus_of_minus, sigmoid, complement = sigmoid_pair(xp, x)
+    terms = t * softplus_of_minus + (1.0 - t) * softplus
+    grad = None
+    if gradient:
+        grad = (1.0 - t) * sigmoid - t * complement
+    if p.weight is not None:
+        terms = terms * p.weight
+        grad = None if grad is None else grad * p.weight
+    loss = xp.sum(terms, axis=-1) / p.num_classes
+    grad = None if grad is None else grad / p.num_classes
+    denominator = None
+    if p.sample_weight is not None:
+        loss = loss * p.sample_weight
+        if grad is not None:
+            grad = grad * xp.expand_dims(p.sample_weight, axis=-1)
+        if p.reduction == "mean":
+            denominator = xp.sum(xp.broadcast_to(p.sample_weight, tuple(loss.shape)))
+    return Pass(loss, denominator, grad)
+
+
+def multilabel_soft_margin_loss(p: MultiLabel) -> Array:
+    return p.reduce(multilabel_soft_margin_loss_pass(p, gradient=False))
+
+
+def multilabel_soft_margin_loss_value_and_grad(p: MultiLabel) -> tuple[Array, Array]:
+    return p.value_and_grad(multilabel_soft_margin_loss_pass(p, gradient=True))

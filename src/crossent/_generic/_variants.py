@@ -1,0 +1,201 @@
+"""The generic variants of cross-entropy: the softmax focal loss and the Poly-1 loss, each
+with its gradient from the same pass over the logits.
+
+Both read the rows of logits through :func:`~._categorical.row_statistics`, as
+cross-entropy does, and their gradients have cross-entropy's shape: a coefficient per
+position times the softmax, less a term at the target class (class indices) or a term per
+class (class probabilities). ``gamma=0`` and ``epsilon=0`` are cross-entropy itself, by the
+same code (:func:`~._categorical.cross_entropy_pass`).
+"""
+
+from __future__ import annotations
+
+from .._typing import Array, Namespace
+from ._categorical import (
+    IndexTerms,
+    Picks,
+    coefficients,
+    cross_entropy_pass,
+    is_target_class,
+    row_statistics,
+)
+from ._problems import Classes, Pass
+from ._stable import mark_bad, safe_log
+
+__all__ = [
+    "focal_factors",
+    "poly1_cross_entropy",
+    "poly1_cross_entropy_pass",
+    "poly1_cross_entropy_value_and_grad",
+    "softmax_focal_loss",
+    "softmax_focal_loss_pass",
+    "softmax_focal_loss_value_and_grad",
+]
+
+
+# --- softmax_focal_loss -----------------------------------------------------------------------
+
+
+def focal_factors(xp: Namespace, log_p: Array, gamma: float) -> tuple[Array, Array]:
+    """For log-probabilities ``L`` (any shape), ``(q**gamma, b)`` with ``q = 1 - exp(L)``:
+    the focal factor, and ``b = -d(-q**gamma L)/dL = q**gamma (1 - gamma p L / q)``, the factor
+    of ``-dL/dx`` in the gradient of the focal term ``-q**gamma L``.
+
+    ``q`` is ``-expm1(L)``, exact for ``p`` near 1. ``q**gamma`` is a double ``where``: at
+    ``q = 0`` (``L = 0``) autodiff sees a constant 0, not ``gamma * 0**(gamma - 1) = inf``,
+    whose product with ``L = 0`` is NaN; the true limit of the term's derivative there is 0.
+    ``b`` writes ``q**(gamma - 1) L`` as ``q**gamma (L / q)``, with ``L / q -> -1`` as
+    ``q -> 0``, and ``p L / q`` as 0 where ``p = 0`` (``L = -inf``, where ``p L -> 0``).
+    """
+    q = -xp.expm1(log_p)
+    positive = q > 0
+    q_gamma = xp.where(positive, xp.where(positive, q, 1.0) ** gamma, 0.0)
+    ratio = xp.where(positive, log_p / xp.where(positive, q, 1.0), -1.0)
+    p = xp.exp(log_p)
+    slope = xp.where(p == 0, 0.0, p * ratio)
+    return q_gamma, q_gamma * (1.0 - gamma * slope)
+
+
+def softmax_focal_loss_pass(p: Classes, gamma: float, *, gradient: bool) -> Pass:
+    """Per-position focal loss ``-w (1 - p)**gamma log p``, and with ``gradient`` the gradient
+    of its sum, in one pass.
+
+    With class indices the gradient of position n is ``c_n (softmax(x_n) - onehot(y_n))``,
+    ``c_n = w_n b(L_{n, y_n})`` (:func:`focal_factors`); with class probabilities (weighted
+    ``a_c``) it is ``softmax(x_n) sum_c a_c b_c - a b``. ``gamma = 0`` is cross-entropy's
+    pass itself.
+    """
+    if gamma == 0.0:
+        return cross_entropy_pass(p, 0.0, gradient=gradient)
+    xp = p.xp
+    if not p.index_target:
+        a = coefficients(p, 0.0, None)
+        stats = row_statistics(p, None, None)
+        log_norm = safe_log(xp, stats.total)
+        log_p = p.scores() - stats.shift - log_norm[..., None]
+        q_gamma, slope = focal_factors(xp, log_p, gamma)
+        loss = -xp.sum(a * (q_gamma * log_p), axis=-1)
+        denominator = None if p.sample_weight is None else xp.sum(p.sample_weight)
+        if not gradient:
+            return Pass(loss, denominator)
+        assert stats.exp_shifted is not None
+        weighted = a * slope
+        total = xp.sum(weighted, axis=-1)
+        grad = stats.exp_shifted * (total / stats.total)[..., None] - weighted
+        return Pass(loss, denominator, grad)
+
+    terms = IndexTerms.of(p, 0.0)
+    pick = terms.pick
+    stats = row_statistics(p, pick.index, None)
+    assert stats.picked is not None
+    log_norm = safe_log(xp, stats.total)
+    log_p = stats.picked - log_norm
+    q_gamma, slope = focal_factors(xp, log_p, gamma)
+    # where, not a product: an ignored position's log p may be -inf or NaN
+    loss = mark_bad(xp, xp.where(pick.kept, -pick.weight * (q_gamma * log_p), 0.0), pick.bad)
+    if not gradient:
+        return Pass(loss, terms.weight_sum(p))
+    coefficient = xp.where(pick.kept, pick.weight * slope, 0.0)
+    grad = _softmax_less_target(p, stats.exp_shifted, stats.total, coefficient, coefficient, pick)
+    return Pass(loss, terms.weight_sum(p), grad, pick.kept)
+
+
+def _softmax_less_target(
+    p: Classes,
+    exp_shifted: Array | None,
+    total: Array,
+    softmax_coefficient: Array,
+    target_coefficient: Array,
+    pick: Picks,
+    smoothing_term: Array | None = None,
+) -> Array:
+    """``s_n softmax(x_n) - t_n onehot(y_n) (- smoothing_term)``, NaN at bad positions."""
+    xp = p.xp
+    assert exp_shifted is not None
+    grad = exp_shifted * (softmax_coefficient / total)[..., None]
+    if smoothing_term is not None:
+        grad = grad - smoothing_term
+    grad = xp.where(is_target_class(p, pick), grad - target_coefficient[..., None], grad)
+    return mark_bad(xp, grad, pick.bad_rows())
+
+
+def softmax_focal_loss(p: Classes, gamma: float) -> Array:
+    return p.reduce(softmax_focal_loss_pass(p, gamma, gradient=False))
+
+
+def softmax_focal_loss_value_and_grad(p: Classes, gamma: float) -> tuple[Array, Array]:
+    return p.value_and_grad(softmax_focal_loss_pass(p, gamma, gradient=True))
+
+
+# --- poly1_cross_entropy ----------------------------------------------------------------------
+
+
+def poly1_cross_entropy_pass(
+    p: Classes, epsilon: float, smoothing: float, *, gradient: bool
+) -> Pass:
+    """Per-position Poly-1 loss, cross-entropy plus ``epsilon`` times the first term of its
+    expansion in ``1 - p``, and with ``gradient`` the gradient of its sum, in one pass.
+
+    Class indices: ``ce_n + epsilon w_n (1 - p_t)``, ``p_t = (1 - eps) p_y + eps / C``; the
+    added gradient is ``k_n (softmax(x_n) - onehot(y_n))`` with ``k_n = epsilon (1 - eps) w_n
+    p_y``. Class probabilities (``a_c``: the smoothed target times the class and sample
+    weights): ``ce_n + epsilon sum_c a_c (1 - p_c)``; the added gradient is
+    ``epsilon p (sum_c a_c p_c - a)``. ``epsilon = 0`` is cross-entropy's pass itself.
+    """
+    if epsilon == 0.0:
+        return cross_entropy_pass(p, smoothing, gradient=gradient)
+    xp = p.xp
+    if not p.index_target:
+        a = coefficients(p, smoothing, None)
+        assert a is not None
+        assert not isinstance(a, float)
+        stats = row_statistics(p, None, a)
+        assert stats.shifted_sum is not None
+        assert stats.mass is not None
+        log_norm = safe_log(xp, stats.total)
+        log_p = p.scores() - stats.shift - log_norm[..., None]
+        poly = xp.sum(a * -xp.expm1(log_p), axis=-1)
+        loss = log_norm * stats.mass - stats.shifted_sum + epsilon * poly
+        denominator = None if p.sample_weight is None else xp.sum(p.sample_weight)
+        if not gradient:
+            return Pass(loss, denominator)
+        probs = xp.exp(log_p)
+        picked = xp.sum(a * probs, axis=-1)
+        coefficient = stats.mass + epsilon * picked
+        grad = probs * coefficient[..., None] - a * (1.0 + epsilon * probs)
+        return Pass(loss, denominator, grad)
+
+    terms = IndexTerms.of(p, smoothing)
+    pick = terms.pick
+    stats = row_statistics(p, pick.index, terms.class_weights if smoothing > 0.0 else None)
+    assert stats.picked is not None
+    log_norm = safe_log(xp, stats.total)
+    ce = terms.loss(p, log_norm, stats.picked, stats.shifted_sum, stats.shift[..., 0])
+    log_p = stats.picked - log_norm
+    classes = p.num_classes
+    miss = (1.0 - smoothing) * -xp.expm1(log_p) + smoothing * (classes - 1) / classes
+    # where, not a product: an ignored position's log p may be NaN
+    loss = ce + xp.where(pick.kept, (epsilon * pick.weight) * miss, 0.0)
+    if not gradient:
+        return Pass(loss, terms.weight_sum(p))
+    k = xp.where(pick.kept, (epsilon * (1.0 - smoothing)) * pick.weight * xp.exp(log_p), 0.0)
+    grad = _softmax_less_target(
+        p,
+        stats.exp_shifted,
+        stats.total,
+        terms.softmax_coefficient(p) + k,
+        terms.target_term() + k,
+        pick,
+        terms.smoothing_term(p),
+    )
+    return Pass(loss, terms.weight_sum(p), grad, pick.kept)
+
+
+def poly1_cross_entropy(p: Classes, epsilon: float, smoothing: float) -> Array:
+    return p.reduce(poly1_cross_entropy_pass(p, epsilon, smoothing, gradient=False))
+
+
+def poly1_cross_entropy_value_and_grad(
+    p: Classes, epsilon: float, smoothing: float
+) -> tuple[Array, Array]:
+    return p.value_and_grad(poly1_cross_entropy_pass(p, epsilon, smoothing, gradient=True))

@@ -1,0 +1,361 @@
+"""Variants of cross-entropy from logits: the softmax focal loss and the Poly-1 loss."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from ._dispatch import dispatch, public_function
+from ._generic import _variants as generic
+from ._generic._problems import Classes, prepare_classes
+from ._typing import Array
+from ._validation import check_unit_interval
+
+__all__ = ["poly1_cross_entropy", "softmax_focal_loss"]
+
+_SHAPE_NOTES = """
+    Notes
+    -----
+    **Shape.** With ``C`` classes along ``axis``, the *positions* are the shape of the
+    logits without the class axis:
+
+    - logits: ``(N, C)``, ``(C,)``, or ``(N, C, d1, ..., dK)`` with ``axis=1`` (torch's
+      layout); the class axis may be anywhere.
+    - target of class indices: the positions, ``(N,)``, ``()`` or ``(N, d1, ..., dK)``.
+    - target of class probabilities: the shape of the logits.
+    - sample_weight: the positions.
+    - output: the positions' shape for ``reduction="none"``; ``()`` otherwise.
+"""
+
+
+def _check_real(name: str, value: object, expected: str) -> float:
+    # A Python number, never an array: its value steers the computation (0 is cross-entropy).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a Python {expected}, got {type(value).__name__}; under jax.jit, "
+            "pass it as a static argument"
+        )
+    return float(value)
+
+
+def _check_gamma(value: object) -> float:
+    """``gamma`` of the focal loss: a finite float >= 0."""
+    number = _check_real("gamma", value, "float >= 0")
+    if not (number >= 0.0 and math.isfinite(number)):
+        raise ValueError(f"gamma must be a finite float >= 0, got {value}")
+    return number
+
+
+def _check_epsilon(value: object) -> float:
+    """``epsilon`` of the Poly-1 loss: a finite float, of either sign."""
+    number = _check_real("epsilon", value, "float")
+    if not math.isfinite(number):
+        raise ValueError(f"epsilon must be a finite float, got {value}")
+    return number
+
+
+# --- softmax_focal_loss -----------------------------------------------------------------------
+
+
+@public_function(generic.softmax_focal_loss)
+def softmax_focal_loss(
+    logits: Array,
+    target: Array,
+    *,
+    gamma: float = 2.0,
+    axis: int = -1,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    sample_weight: Array | None = None,
+) -> Array:
+    r"""Focal loss of a softmax: cross-entropy whose well-classified positions count less.
+
+    With class indices :math:`y_n`, class weights :math:`w` (all ones by default) and sample
+    weights :math:`s` (all ones by default), the loss of position :math:`n` is [1]_
+
+    .. math::
+
+        \ell_n = -s_n\, w_{y_n} \left(1 - p_{n, y_n}\right)^{\gamma} \log p_{n, y_n},
+        \qquad \log p_{n, c} = x_{n, c} - \operatorname{logsumexp}_k x_{n, k}
+
+    and positions whose target is ``ignore_index`` contribute 0. With class probabilities
+    :math:`t_{n, c}`,
+
+    .. math::
+
+        \ell_n = -s_n \sum_c w_c\, t_{n, c} \left(1 - p_{n, c}\right)^{\gamma} \log p_{n, c}.
+
+    ``gamma=0`` is :func:`cross_entropy`, computed by the same code. With class probabilities
+    and ``weight`` the vector of Keras' ``alpha`` (``alpha * ones(C)`` for a number), this is
+    ``keras.losses.CategoricalFocalCrossentropy(from_logits=True, alpha=alpha, gamma=gamma)``
+    with ``reduction="none"``, but that Keras clips the probabilities to
+    :math:`[10^{-7}, 1 - 10^{-7}]` first; Keras' default reduction (``"sum_over_batch_size"``)
+    divides the weighted sum by the number of positions, not by the total sample weight.
+
+    Parameters
+    ----------
+    logits : array
+        Unnormalised log-probabilities, real floating.
+    target : array
+        Class indices (integer dtype), shape of ``logits`` without the class axis; or class
+        probabilities (floating dtype), shape of ``logits``.
+    gamma : float >= 0, default 2.0
+        The focusing exponent: each position's cross-entropy is multiplied by
+        :math:`(1 - p)^\gamma`.
+    axis : int, default -1
+        The class axis of ``logits``; ``axis=1`` is torch's ``(N, C, d1, ..., dK)`` layout.
+    weight : array, optional
+        One non-negative weight per class, shape ``(C,)`` (the focal loss's ``alpha``).
+    ignore_index : int, default -100
+        A class index whose positions contribute nothing, to the loss or to the ``"mean"``
+        denominator. Not used with class probabilities.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` gives one loss per position; ``"sum"`` their sum; ``"mean"`` their sum
+        divided by the total weight of the kept positions, :math:`\sum_n s_n w_{y_n}` (for
+        class probabilities by :math:`\sum_n s_n`, the number of positions without
+        ``sample_weight``), as :func:`cross_entropy` does. Every position ignored gives NaN.
+    sample_weight : array, optional
+        One weight per position, real floating, the shape of ``logits`` without the class
+        axis: it multiplies the position's loss.
+
+    Returns
+    -------
+    array
+        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array of ``logits``' library or has the wrong dtype, or
+        ``gamma`` is not a Python number.
+    ValueError
+        If shapes do not fit, ``reduction`` is unknown, ``gamma`` is negative or not finite,
+        the arrays are on two devices, or (eager arrays only) a class index is outside
+        ``[0, C)`` and is not ``ignore_index``. On lazy arrays (JAX under ``jit``, Dask) such a
+        position gives NaN instead.
+    {shape}
+    float16 and bfloat16 are computed in float32 and returned in their own dtype.
+    :math:`1 - p` is computed as :math:`-\operatorname{expm1}(\log p)`, exact for :math:`p`
+    near 1, and the gradient (:func:`value_and_grad`) is finite for every ``gamma`` where
+    :math:`p` is exactly 0 or 1, even for ``gamma < 1``, where :math:`(1 - p)^{\gamma - 1}`
+    is not: its product with :math:`\log p` is taken at its limit.
+
+    References
+    ----------
+    .. [1] T.-Y. Lin, P. Goyal, R. Girshick, K. He, P. Dollar, "Focal Loss for Dense Object
+       Detection", ICCV 2017.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import softmax_focal_loss
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    >>> target = np.array([0, 2])
+    >>> softmax_focal_loss(logits, target)
+    array(0.00613692)
+    >>> softmax_focal_loss(logits, target, gamma=0.0)  # cross_entropy
+    array(0.17545638)
+    >>> softmax_focal_loss(logits, target, reduction="none")
+    array([0.01109275, 0.00118109])
+    """
+    p, options = prepare_softmax_focal_loss(
+        logits,
+        target,
+        gamma=gamma,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        sample_weight=sample_weight,
+    )
+    return dispatch(p.xp, generic.softmax_focal_loss, p, *options)
+
+
+def prepare_softmax_focal_loss(
+    logits: Array,
+    target: Array,
+    *,
+    gamma: float,
+    axis: int,
+    weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+    sample_weight: Array | None,
+) -> tuple[Classes, tuple[float]]:
+    """The checked arguments of :func:`softmax_focal_loss`: the problem and ``(gamma,)``."""
+    checked = _check_gamma(gamma)
+    p = prepare_classes(
+        "logits",
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        probability_target=True,
+        sample_weight=sample_weight,
+    )
+    return p, (checked,)
+
+
+# --- poly1_cross_entropy ----------------------------------------------------------------------
+
+
+@public_function(generic.poly1_cross_entropy)
+def poly1_cross_entropy(
+    logits: Array,
+    target: Array,
+    *,
+    epsilon: float = 1.0,
+    axis: int = -1,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    sample_weight: Array | None = None,
+) -> Array:
+    r"""Poly-1 loss: cross-entropy plus ``epsilon`` times the first term of its expansion.
+
+    :math:`-\log p = \sum_{j \ge 1} (1 - p)^j / j`; Poly-1 [1]_ moves the coefficient of the
+    first term from 1 to :math:`1 + \varepsilon`. With class indices :math:`y_n`, the loss of
+    position :math:`n` is
+
+    .. math::
+
+        \ell_n = \mathrm{ce}_n + \varepsilon\, s_n w_{y_n} \left(1 - p_{t, n}\right),
+        \qquad p_{t, n} = (1 - \lambda)\, p_{n, y_n} + \frac{\lambda}{C}
+
+    where :math:`\mathrm{ce}_n` is :func:`cross_entropy`'s loss of the position (with
+    ``weight``, ``label_smoothing`` :math:`\lambda` and ``sample_weight`` :math:`s`),
+    :math:`p_{t, n}` the probability of the smoothed target, and ignored positions contribute
+    0. With class probabilities :math:`t`, smoothed as
+    :math:`\bar t = (1 - \lambda) t + \lambda / C`, each class's :math:`-\log p_c` gains its
+    own first term:
+
+    .. math::
+
+        \ell_n = \mathrm{ce}_n + \varepsilon\, s_n \sum_c w_c\, \bar t_{n, c}
+                 \left(1 - p_{n, c}\right).
+
+    Without ``weight`` and ``sample_weight`` this is
+    ``optax.poly_loss_cross_entropy(logits, labels, epsilon)`` for class probabilities (or
+    one-hot labels), whose poly term is :math:`\sum_c t_c (1 - p_c)`, that is
+    :math:`1 - p_t` for a target that sums to 1. ``epsilon=0`` is :func:`cross_entropy`,
+    computed by the same code.
+
+    Parameters
+    ----------
+    logits : array
+        Unnormalised log-probabilities, real floating.
+    target : array
+        Class indices (integer dtype), shape of ``logits`` without the class axis; or class
+        probabilities (floating dtype), shape of ``logits``.
+    epsilon : float, default 1.0
+        The change of the first polynomial coefficient, of either sign: [1]_ recommends 2 for
+        ImageNet classification and -1 for detection.
+    axis : int, default -1
+        The class axis of ``logits``; ``axis=1`` is torch's ``(N, C, d1, ..., dK)`` layout.
+    weight : array, optional
+        One non-negative weight per class, shape ``(C,)``.
+    ignore_index : int, default -100
+        A class index whose positions contribute nothing, to the loss or to the ``"mean"``
+        denominator. Not used with class probabilities.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As in :func:`cross_entropy`: ``"mean"`` divides the sum by
+        :math:`\sum_n s_n w_{y_n}` over the kept positions (for class probabilities by
+        :math:`\sum_n s_n`, the number of positions without ``sample_weight``). Every position
+        ignored gives NaN.
+    label_smoothing : float in [0, 1], default 0.0
+        Mass moved from the target to the uniform distribution over classes, in both terms.
+    sample_weight : array, optional
+        One weight per position, real floating, the shape of ``logits`` without the class
+        axis: it multiplies the position's loss.
+
+    Returns
+    -------
+    array
+        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array of ``logits``' library or has the wrong dtype, or
+        ``epsilon`` or ``label_smoothing`` is not a Python number.
+    ValueError
+        If shapes do not fit, ``reduction`` is unknown, ``label_smoothing`` is outside
+        [0, 1], ``epsilon`` is not finite, the arrays are on two devices, or (eager arrays
+        only) a class index is outside ``[0, C)`` and is not ``ignore_index``. On lazy arrays
+        (JAX under ``jit``, Dask) such a position gives NaN instead.
+    {shape}
+    float16 and bfloat16 are computed in float32 and returned in their own dtype.
+    :math:`1 - p` is computed as :math:`-\operatorname{expm1}(\log p)`, exact for :math:`p`
+    near 1. With class indices the gradient (:func:`value_and_grad`) is cross-entropy's plus
+    :math:`\varepsilon (1 - \lambda) s_n w_{y_n} p_{n, y_n}
+    (\operatorname{softmax}(x_n) - \operatorname{onehot}(y_n))`.
+
+    References
+    ----------
+    .. [1] Z. Leng, M. Tan, C. Liu, E. D. Cubuk, X. Shi, S. Cheng, D. Anguelov, "PolyLoss: A
+       Polynomial Expansion Perspective of Classification Loss Functions", ICLR 2022.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crossent import poly1_cross_entropy
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    >>> target = np.array([0, 2])
+    >>> poly1_cross_entropy(logits, target)
+    array(0.33456225)
+    >>> poly1_cross_entropy(logits, target, epsilon=0.0)  # cross_entropy
+    array(0.17545638)
+    >>> poly1_cross_entropy(logits, target, epsilon=-1.0, reduction="none")
+    array([0.02690833, 0.00579269])
+    """
+    p, options = prepare_poly1_cross_entropy(
+        logits,
+        target,
+        epsilon=epsilon,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        sample_weight=sample_weight,
+    )
+    return dispatch(p.xp, generic.poly1_cross_entropy, p, *options)
+
+
+def prepare_poly1_cross_entropy(
+    logits: Array,
+    target: Array,
+    *,
+    epsilon: float,
+    axis: int,
+    weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    sample_weight: Array | None,
+) -> tuple[Classes, tuple[float, float]]:
+    """The checked arguments of :func:`poly1_cross_entropy`: the problem and
+    ``(epsilon, label_smoothing)``."""
+    checked = _check_epsilon(epsilon)
+    smoothing = check_unit_interval("label_smoothing", label_smoothing)
+    p = prepare_classes(
+        "logits",
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        probability_target=True,
+        sample_weight=sample_weight,
+    )
+    return p, (checked, smoothing)
+
+
+for _public in (softmax_focal_loss, poly1_cross_entropy):
+    if _public.__doc__:
+        _public.__doc__ = _public.__doc__.replace("{shape}", _SHAPE_NOTES)
