@@ -27,6 +27,19 @@ OPTIONS = [
         for r, w, i in itertools.product(["mean", "sum", "none"], [False, True], [False, True])
     ),
     *(("binary_cross_entropy_with_logits", {"reduction": r}) for r in ["mean", "sum", "none"]),
+    # crossent's options beyond torch's
+    *(
+        (
+            "cross_entropy",
+            {"reduction": r, "weight": True, "ignore": True, "label_smoothing": 0.1}
+            | {"softcap": 5.0, "z_loss": 1e-3, "sample": True},
+        )
+        for r in ["mean", "sum", "none"]
+    ),
+    *(
+        ("nll_loss", {"reduction": r, "weight": False, "ignore": True, "sample": True})
+        for r in ["mean", "none"]
+    ),
 ]
 
 
@@ -66,6 +79,8 @@ def test_half_precision_is_float32_rounded_once(name, options, dtype, xp, to_xp)
         target_half = target_single = to_xp(target)
         if options.pop("weight"):
             options["weight"] = to_xp(rng.uniform(0.2, 2.0, C), "float32")
+        if options.pop("sample", False):
+            options["sample_weight"] = to_xp(rng.uniform(0.0, 3.0, N), "float32")
     if name == "nll_loss":
         half = to_xp(to_numpy(half).astype(np.float32) - 8.0, dtype)  # log-probability-like
         single = to_xp(to_numpy(half).astype(np.float32), "float32")
