@@ -2,7 +2,8 @@
 
 - ``support-matrix``: backends x devices from ``backends/*.toml``, each capability probed by
   running crossent on that backend while the docs build (jit, autodiff, lazy evaluation,
-  analytic gradients, agreement with torch), beside the counts of the last test session of that
+  analytic gradients, agreement with torch, the linear loss, the focal and other variants),
+  beside the counts of the last test session of that
   pair found in ``.test-results/`` (written by ``tests/conftest.py``).
 - ``benchmark-results``: the figures of ``benchmarks/results.json`` and the machine they came
   from.
@@ -132,6 +133,7 @@ def _probe(spec: matrix.Session) -> dict[str, str]:
     # Markdown's, and this table is reStructuredText
     out["distributed"] = spec.distributed.replace("`", "``")
     out["linear_cross_entropy"] = _probe_linear(spec, module)
+    out["variants"] = _probe_variants(module)
     return out
 
 
@@ -143,6 +145,7 @@ _CAPABILITIES = [
     "lazy",
     "distributed",
     "linear_cross_entropy",
+    "variants",
 ]
 
 _HIDDEN = np.array([[0.5, -1.0], [2.0, 0.25], [-0.5, 1.5]])
@@ -188,6 +191,88 @@ def _probe_linear(spec: matrix.Session, module: Any) -> str:
         for g, r in zip(grads, (hidden_ref, weight_ref), strict=True)
     )
     return f"{route}: " + (YES if ok else NO)
+
+
+_MULTI_LABEL = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+_SAMPLE_WEIGHT = np.array([0.5, 2.0, 1.0])
+
+
+def _variant_references() -> list[tuple[float, np.ndarray]]:
+    """torch autograd of each variant's formula (torch's own multilabel_soft_margin_loss), in
+    the order of :func:`_variant_calls`: the loss and its gradient of the logits."""
+    torch = importlib.import_module("torch")
+    functional = importlib.import_module("torch.nn.functional")
+    target, labels = torch.tensor(_TARGET), torch.tensor(_MULTI_LABEL)
+    sample_weight = torch.tensor(_SAMPLE_WEIGHT)
+
+    def softmax_focal(x: Any) -> Any:
+        log_p = functional.log_softmax(x, dim=-1).gather(1, target[:, None])[:, 0]
+        return -((1 - log_p.exp()) ** 2 * log_p).mean()
+
+    def poly1(x: Any) -> Any:
+        p = functional.softmax(x, dim=-1).gather(1, target[:, None])[:, 0]
+        return functional.cross_entropy(x, target) + (1 - p).mean()
+
+    def sigmoid_focal(x: Any) -> Any:  # torchvision.ops.sigmoid_focal_loss, alpha=0.25
+        p = torch.sigmoid(x)
+        ce = functional.binary_cross_entropy_with_logits(x, labels, reduction="none")
+        p_t = p * labels + (1 - p) * (1 - labels)
+        return ((0.25 * labels + 0.75 * (1 - labels)) * (1 - p_t) ** 2 * ce).mean()
+
+    def options(x: Any) -> Any:  # softcap=5, z_loss=1e-3, sample_weight
+        capped = 5.0 * torch.tanh(x / 5.0)
+        lse = torch.logsumexp(capped, dim=-1)
+        losses = functional.cross_entropy(capped, target, reduction="none") + 1e-3 * lse**2
+        return (sample_weight * losses).sum() / sample_weight.sum()
+
+    references = []
+    for formula in (
+        softmax_focal,
+        poly1,
+        sigmoid_focal,
+        lambda x: functional.multilabel_soft_margin_loss(x, labels),
+        options,
+    ):
+        logits = torch.tensor(_LOGITS, requires_grad=True)
+        loss = formula(logits)
+        loss.backward()
+        references.append((loss.item(), logits.grad.numpy()))
+    return references
+
+
+def _variant_calls(module: Any) -> list[tuple[Any, tuple[Any, ...], dict[str, Any]]]:
+    """Each variant as ``(loss, arguments, options)`` for ``crossent.value_and_grad``."""
+    logits, target = module.asarray(_LOGITS), module.asarray(_TARGET)
+    labels = module.asarray(_MULTI_LABEL)
+    return [
+        (crossent.softmax_focal_loss, (logits, target), {}),
+        (crossent.poly1_cross_entropy, (logits, target), {}),
+        (crossent.sigmoid_focal_loss, (logits, labels), {}),
+        (crossent.multilabel_soft_margin_loss, (logits, labels), {}),
+        (
+            crossent.cross_entropy,
+            (logits, target),
+            {"softcap": 5.0, "z_loss": 1e-3, "sample_weight": module.asarray(_SAMPLE_WEIGHT)},
+        ),
+    ]
+
+
+def _probe_variants(module: Any) -> str:
+    """The focal, Poly-1 and multi-label losses and cross_entropy's softcap, z_loss and
+    sample_weight: value and analytic gradient against torch autograd of their formulas."""
+    failed = []
+    calls = _variant_calls(module)
+    for (loss_fn, args, options), (loss_ref, grad_ref) in zip(
+        calls, _variant_references(), strict=True
+    ):
+        loss, grad = crossent.value_and_grad(loss_fn)(*args, **options)
+        ok = np.isclose(_to_numpy(loss), loss_ref, rtol=1e-10) and np.allclose(
+            _to_numpy(grad), grad_ref, rtol=1e-10, atol=1e-15
+        )
+        if not ok:
+            name = loss_fn.__name__ + (" (options)" if options else "")
+            failed.append(f"``{name}``")
+    return YES if not failed else f"{NO}: " + ", ".join(failed)
 
 
 def _test_results(spec: matrix.Session) -> str:

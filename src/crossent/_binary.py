@@ -219,8 +219,7 @@ def sigmoid_focal_loss(
     reduction: str = "mean",
     sample_weight: Array | None = None,
 ) -> Array:
-    r"""Focal loss of the sigmoid of logits: binary cross-entropy that down-weights the
-    elements already classified well.
+    r"""Focal loss of the sigmoid of logits: well-classified elements count less.
 
     With :math:`\sigma(x)` the sigmoid and :math:`\operatorname{ce}(x, t)` the elementwise
     :func:`binary_cross_entropy_with_logits`,
@@ -370,8 +369,7 @@ def multilabel_soft_margin_loss(
     reduction: str = "mean",
     sample_weight: Array | None = None,
 ) -> Array:
-    r"""Multi-label one-versus-all loss: the binary cross-entropy with logits of each label,
-    averaged over the labels of each example.
+    r"""Multi-label one-versus-all loss: each label's cross-entropy, averaged per position.
 
     For an example of :math:`C` labels,
 
