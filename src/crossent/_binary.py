@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 
 from ._dispatch import dispatch, public_function
 from ._generic import _binary as generic
@@ -13,8 +11,10 @@ from ._generic._problems import Pointwise, prepare_pointwise
 from ._typing import Array
 from ._validation import (
     broadcasts_to,
+    check_alpha,
     check_broadcasts_to,
     check_eps,
+    check_gamma,
     check_probabilities,
     check_real_floating,
     get_namespace,
@@ -317,7 +317,7 @@ def prepare_sigmoid_focal_loss(
     sample weights, and ``(alpha, gamma)``, ``alpha`` None where it weighs nothing."""
     get_namespace(("logits", logits), ("target", target), ("sample_weight", sample_weight))
     p = prepare_pointwise("logits", logits, target, reduction=reduction, label_target=True)
-    options = (_check_alpha(alpha), _check_gamma(gamma))
+    options = (check_alpha(alpha), check_gamma(gamma))
     if sample_weight is not None:
         check_real_floating(p.xp, "sample_weight", sample_weight)
         check_broadcasts_to("sample_weight", sample_weight, tuple(logits.shape), "logits")
@@ -327,37 +327,6 @@ def prepare_sigmoid_focal_loss(
             eager=p.eager and is_eager(sample_weight),
         )
     return p, options
-
-
-# Option checks of this module's losses alone.
-
-
-def _check_alpha(value: object) -> float | None:
-    """``alpha``: None or a finite Python number; None for a negative one (no weighting)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"alpha must be a Python float or None, got {type(value).__name__}; under "
-            "jax.jit, pass it as a static argument"
-        )
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"alpha must be a finite float or None, got {value}")
-    return number if number >= 0.0 else None
-
-
-def _check_gamma(value: object) -> float:
-    """``gamma``: a finite Python number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"gamma must be a Python float >= 0, got {type(value).__name__}; under jax.jit, "
-            "pass it as a static argument"
-        )
-    number = float(value)
-    if not (number >= 0.0 and math.isfinite(number)):
-        raise ValueError(f"gamma must be a finite float >= 0, got {value}")
-    return number
 
 
 @public_function(generic.multilabel_soft_margin_loss)

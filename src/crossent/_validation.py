@@ -155,6 +155,33 @@ def check_z_loss(value: object) -> float:
     return number
 
 
+def check_gamma(value: object) -> float:
+    """``gamma`` of the focal losses: a finite float >= 0."""
+    number = float(_python_number("gamma", value, numbers.Real, "float >= 0"))
+    if not 0.0 <= number < math.inf:  # NaN fails
+        raise ValueError(f"gamma must be a finite float >= 0, got {value}")
+    return number
+
+
+def check_alpha(value: object) -> float | None:
+    """``alpha`` of ``sigmoid_focal_loss``: None or a finite float; None for a negative one
+    (no balancing, as torchvision reads ``alpha < 0``)."""
+    if value is None:
+        return None
+    number = float(_python_number("alpha", value, numbers.Real, "float or None"))
+    if not -math.inf < number < math.inf:
+        raise ValueError(f"alpha must be a finite float or None, got {value}")
+    return number if number >= 0.0 else None
+
+
+def check_epsilon(value: object) -> float:
+    """``epsilon`` of the Poly-1 loss: a finite float, of either sign."""
+    number = float(_python_number("epsilon", value, numbers.Real, "float"))
+    if not -math.inf < number < math.inf:
+        raise ValueError(f"epsilon must be a finite float, got {value}")
+    return number
+
+
 def compute_dtype(xp: Namespace, dtype: DType) -> DType:
     """The dtype a loss is computed in: float32 for float16 and bfloat16, else ``dtype``."""
     if dtype == xp.float64 or dtype == xp.float32:

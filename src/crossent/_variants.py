@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-
 from ._dispatch import dispatch, public_function
 from ._generic import _variants as generic
 from ._generic._problems import Classes, prepare_classes
 from ._typing import Array
-from ._validation import check_unit_interval
+from ._validation import check_epsilon, check_gamma, check_unit_interval
 
 __all__ = ["poly1_cross_entropy", "softmax_focal_loss"]
 
@@ -26,32 +23,6 @@ _SHAPE_NOTES = """
     - sample_weight: the positions.
     - output: the positions' shape for ``reduction="none"``; ``()`` otherwise.
 """
-
-
-def _check_real(name: str, value: object, expected: str) -> float:
-    # A Python number, never an array: its value steers the computation (0 is cross-entropy).
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a Python {expected}, got {type(value).__name__}; under jax.jit, "
-            "pass it as a static argument"
-        )
-    return float(value)
-
-
-def _check_gamma(value: object) -> float:
-    """``gamma`` of the focal loss: a finite float >= 0."""
-    number = _check_real("gamma", value, "float >= 0")
-    if not (number >= 0.0 and math.isfinite(number)):
-        raise ValueError(f"gamma must be a finite float >= 0, got {value}")
-    return number
-
-
-def _check_epsilon(value: object) -> float:
-    """``epsilon`` of the Poly-1 loss: a finite float, of either sign."""
-    number = _check_real("epsilon", value, "float")
-    if not math.isfinite(number):
-        raise ValueError(f"epsilon must be a finite float, got {value}")
-    return number
 
 
 # --- softmax_focal_loss -----------------------------------------------------------------------
@@ -184,7 +155,7 @@ def prepare_softmax_focal_loss(
     sample_weight: Array | None,
 ) -> tuple[Classes, tuple[float]]:
     """The checked arguments of :func:`softmax_focal_loss`: the problem and ``(gamma,)``."""
-    checked = _check_gamma(gamma)
+    checked = check_gamma(gamma)
     p = prepare_classes(
         "logits",
         logits,
@@ -340,7 +311,7 @@ def prepare_poly1_cross_entropy(
 ) -> tuple[Classes, tuple[float, float]]:
     """The checked arguments of :func:`poly1_cross_entropy`: the problem and
     ``(epsilon, label_smoothing)``."""
-    checked = _check_epsilon(epsilon)
+    checked = check_epsilon(epsilon)
     smoothing = check_unit_interval("label_smoothing", label_smoothing)
     p = prepare_classes(
         "logits",
