@@ -20,7 +20,9 @@ from oracle import T, class_first
 
 N, C = 5, 4
 
-#: Every loss, by its public name.
+#: The losses of the grid below, by their public name. The newer losses have grids of their
+#: own (test_categorical_variants, test_pointwise_variants, test_linear); :data:`ALL_LOSSES`
+#: names every loss of a prediction, whose oracle :meth:`Case.torch_loss` computes.
 LOSSES = [
     "cross_entropy",
     "nll_loss",
@@ -29,6 +31,21 @@ LOSSES = [
     "binary_cross_entropy_with_logits",
     "kl_div",
 ]
+ALL_LOSSES = [
+    *LOSSES,
+    "softmax_focal_loss",
+    "poly1_cross_entropy",
+    "sigmoid_focal_loss",
+    "multilabel_soft_margin_loss",
+]
+
+#: The oracles of the losses torch lacks, in torch float64.
+VARIANT_ORACLES = {
+    "softmax_focal_loss": oracle.focal_torch,
+    "poly1_cross_entropy": oracle.poly1_torch,
+    "sigmoid_focal_loss": oracle.torchvision_focal_loss,
+    "multilabel_soft_margin_loss": oracle.torch_multilabel,
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,10 @@ class Case:
         """torch's own function of this case, differentiable in ``pred``."""
         options = {k: T(v) if isinstance(v, np.ndarray) else v for k, v in self.options.items()}
         target = T(self.target)
+        if self.name in VARIANT_ORACLES:
+            if self.name == "sigmoid_focal_loss":  # torchvision's defaults are not crossent's
+                options = {"alpha": 0.25, "gamma": 2.0, "reduction": "mean", **options}
+            return VARIANT_ORACLES[self.name](pred, target, **options)
         beyond_torch = {"softcap", "z_loss", "sample_weight"} & set(options)
         if self.name == "cross_entropy" and beyond_torch:
             return oracle.cross_entropy(pred, target, **options)
@@ -172,6 +193,41 @@ def pointwise_cases(seed: int = 1) -> Iterator[Case]:
         if log_target:
             target = np.log(target)
         yield Case("kl_div", log_probs, target, {"reduction": reduction, "log_target": log_target})
+
+
+def variant_cases(seed: int = 2) -> Iterator[Case]:
+    """The newer losses with each of their options, fewer combinations than their own grids
+    (test_categorical_variants, test_pointwise_variants): for the properties that walk every
+    loss (vmap, half precision, kinks)."""
+    rng = np.random.default_rng(seed)
+    for (shape, axis), reduction in itertools.product(LAYOUTS.values(), ("mean", "sum", "none")):
+        logits = rng.standard_normal(shape) * 3
+        positions = shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
+        base: dict[str, Any] = {"axis": axis, "reduction": reduction}
+        weighted = {
+            **base,
+            "weight": rng.uniform(0.2, 2.0, C),
+            "sample_weight": rng.uniform(0.0, 3.0, positions),
+        }
+        for options in (base, weighted):
+            for target in (_targets(rng, shape, axis, True), _soft(rng, shape, axis)):
+                yield Case("softmax_focal_loss", logits, target, {**options, "gamma": 2.0})
+                yield Case(
+                    "poly1_cross_entropy",
+                    logits,
+                    target,
+                    {**options, "epsilon": -1.0, "label_smoothing": 0.3},
+                )
+        labels = (rng.random(shape) < 0.5) * 1.0
+        sample = {"sample_weight": rng.uniform(0.1, 2.0, shape[-1:])}
+        pointwise = {"reduction": reduction}
+        for alpha, gamma, extra in ((0.25, 2.0, {}), (None, 0.5, sample)):
+            options = {**pointwise, "alpha": alpha, "gamma": gamma, **extra}
+            yield Case("sigmoid_focal_loss", logits, labels, options)
+        multilabel = {**pointwise, "weight": rng.uniform(0.2, 2.0, shape[-1:])}
+        if len(shape) > 1:
+            multilabel["sample_weight"] = rng.uniform(0.1, 2.0, shape[:-1])
+        yield Case("multilabel_soft_margin_loss", logits, labels, multilabel)
 
 
 def all_cases() -> list[Case]:

@@ -168,3 +168,138 @@ def class_first(x: torch.Tensor, axis: int) -> torch.Tensor:
     if x.ndim == 1:
         return x
     return x.movedim(axis, 1).contiguous()  # torch 2.13: nll_loss backward needs it
+
+
+# --- The losses torch lacks: torchvision's formula, and the variants written out ------------
+
+
+def torchvision_focal_loss(x, t, *, alpha=0.25, gamma=2.0, reduction="none", sample_weight=None):
+    """``torchvision.ops.sigmoid_focal_loss``, with crossent's ``sample_weight``."""
+    p = torch.sigmoid(x)
+    ce_loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha is not None and alpha >= 0:
+        alpha_t = alpha * t + (1 - alpha) * (1 - t)
+        loss = alpha_t * loss
+    if sample_weight is not None:
+        loss = loss * sample_weight
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if sample_weight is None:
+        return loss.mean()
+    return loss.sum() / sample_weight.expand(loss.shape).sum()
+
+
+def torch_multilabel(x, t, *, weight=None, reduction="mean", sample_weight=None):
+    """``F.multilabel_soft_margin_loss``, with crossent's ``sample_weight``."""
+    if sample_weight is None:
+        return F.multilabel_soft_margin_loss(x, t, weight=weight, reduction=reduction)
+    loss = F.multilabel_soft_margin_loss(x, t, weight=weight, reduction="none") * sample_weight
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / sample_weight.expand(loss.shape).sum()
+
+
+def _reduce(loss, denominator, reduction):
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / denominator
+
+
+def _index_weights(target, ignore_index, weight, sample_weight, like):
+    """Each position's index (0 where ignored), whether it counts, and ``w[y] s``."""
+    kept = target != ignore_index
+    index = torch.where(kept, target, 0)
+    w = torch.ones_like(like) if weight is None else weight[index]
+    if sample_weight is not None:
+        w = w * sample_weight
+    return index, kept, torch.where(kept, w, 0.0)
+
+
+def _picked(log_p, index):
+    return log_p.gather(-1, index[..., None])[..., 0]
+
+
+def focal_torch(
+    logits,
+    target,
+    *,
+    gamma=2.0,
+    axis=-1,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    sample_weight=None,
+):
+    """-w (1 - p)**gamma log p, with 1 - p as -expm1(log p).
+
+    Double wheres keep autograd to the derivative's limits where the literal formula gives
+    NaN: ``q**gamma`` at ``q = 0`` (p = 1) has the derivative 0, and at ``p = 0`` (a logit of
+    -inf) the term is ``log p``, whose ``q = 1`` has the derivative 0 (the product rule would
+    multiply it by -inf); an ignored position reads a safe class."""
+    log_p = torch.log_softmax(logits, dim=axis).movedim(axis, -1)
+
+    def focal(lp):
+        q = -torch.expm1(lp)
+        positive = q > 0
+        q_gamma = torch.where(positive, torch.where(positive, q, 1.0) ** gamma, 0.0)
+        certain = lp == -torch.inf
+        return -torch.where(certain, lp, q_gamma * torch.where(certain, 0.0, lp))
+
+    if target.is_floating_point():
+        a = target.movedim(axis, -1)
+        a = a if weight is None else a * weight
+        loss = (a * focal(log_p)).sum(-1)
+        denominator = loss.numel()
+        if sample_weight is not None:
+            loss, denominator = loss * sample_weight, sample_weight.sum()
+        return _reduce(loss, denominator, reduction)
+    index, kept, w = _index_weights(target, ignore_index, weight, sample_weight, log_p[..., 0])
+    picked = torch.where(kept, _picked(log_p, index), -1.0)
+    loss = torch.where(kept, w * focal(picked), 0.0)
+    return _reduce(loss, w.sum(), reduction)
+
+
+def poly1_torch(
+    logits,
+    target,
+    *,
+    epsilon=1.0,
+    axis=-1,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    sample_weight=None,
+):
+    """torch's per-position cross-entropy plus epsilon w (1 - p_t)."""
+    classes = logits.shape[axis]
+    probability = target.is_floating_point()
+    ce = F.cross_entropy(
+        class_first(logits, axis),
+        class_first(target, axis) if probability else target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    p = torch.softmax(logits, dim=axis).movedim(axis, -1)
+    if probability:
+        smoothed = (1 - label_smoothing) * target.movedim(axis, -1) + label_smoothing / classes
+        a = smoothed if weight is None else smoothed * weight
+        loss = ce + epsilon * (a * (1 - p)).sum(-1)
+        denominator = loss.numel()
+        if sample_weight is not None:
+            loss, denominator = loss * sample_weight, sample_weight.sum()
+        return _reduce(loss, denominator, reduction)
+    index, kept, w = _index_weights(target, ignore_index, weight, sample_weight, p[..., 0])
+    p_t = (1 - label_smoothing) * _picked(p, index) + label_smoothing / classes
+    if sample_weight is not None:
+        ce = ce * sample_weight
+    loss = torch.where(kept, ce + epsilon * w * (1 - p_t), 0.0)
+    return _reduce(loss, w.sum(), reduction)

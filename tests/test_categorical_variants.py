@@ -13,7 +13,7 @@ from array_api_compat import is_dask_namespace, is_jax_namespace, is_torch_names
 from conftest import XP, to_numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracle import T, class_first
+from oracle import T, focal_torch, poly1_torch
 
 import crossent
 from crossent._dispatch import generic_only
@@ -55,96 +55,6 @@ def _case(layout, target_kind, seed=0):
 
 
 # --- The formulas, in torch float64 --------------------------------------------------------
-
-
-def _reduce(loss, denominator, reduction):
-    if reduction == "none":
-        return loss
-    return loss.sum() if reduction == "sum" else loss.sum() / denominator
-
-
-def _index_weights(target, ignore_index, weight, sample_weight, like):
-    """Each position's index (0 where ignored), whether it counts, and ``w[y] s``."""
-    kept = target != ignore_index
-    index = torch.where(kept, target, 0)
-    w = torch.ones_like(like) if weight is None else weight[index]
-    if sample_weight is not None:
-        w = w * sample_weight
-    return index, kept, torch.where(kept, w, 0.0)
-
-
-def _picked(log_p, index):
-    return log_p.gather(-1, index[..., None])[..., 0]
-
-
-def focal_torch(
-    logits,
-    target,
-    *,
-    gamma=2.0,
-    axis=-1,
-    weight=None,
-    ignore_index=-100,
-    reduction="mean",
-    sample_weight=None,
-):
-    """-w (1 - p)**gamma log p, with 1 - p as -expm1(log p)."""
-    log_p = torch.log_softmax(logits, dim=axis).movedim(axis, -1)
-
-    def focal(lp):
-        return -((-torch.expm1(lp)) ** gamma) * lp
-
-    if target.is_floating_point():
-        a = target.movedim(axis, -1)
-        a = a if weight is None else a * weight
-        loss = (a * focal(log_p)).sum(-1)
-        denominator = loss.numel()
-        if sample_weight is not None:
-            loss, denominator = loss * sample_weight, sample_weight.sum()
-        return _reduce(loss, denominator, reduction)
-    index, kept, w = _index_weights(target, ignore_index, weight, sample_weight, log_p[..., 0])
-    loss = torch.where(kept, w * focal(_picked(log_p, index)), 0.0)
-    return _reduce(loss, w.sum(), reduction)
-
-
-def poly1_torch(
-    logits,
-    target,
-    *,
-    epsilon=1.0,
-    axis=-1,
-    weight=None,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    sample_weight=None,
-):
-    """torch's per-position cross-entropy plus epsilon w (1 - p_t)."""
-    classes = logits.shape[axis]
-    probability = target.is_floating_point()
-    ce = F.cross_entropy(
-        class_first(logits, axis),
-        class_first(target, axis) if probability else target,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction="none",
-        label_smoothing=label_smoothing,
-    )
-    p = torch.softmax(logits, dim=axis).movedim(axis, -1)
-    if probability:
-        smoothed = (1 - label_smoothing) * target.movedim(axis, -1) + label_smoothing / classes
-        a = smoothed if weight is None else smoothed * weight
-        loss = ce + epsilon * (a * (1 - p)).sum(-1)
-        denominator = loss.numel()
-        if sample_weight is not None:
-            loss, denominator = loss * sample_weight, sample_weight.sum()
-        return _reduce(loss, denominator, reduction)
-    index, kept, w = _index_weights(target, ignore_index, weight, sample_weight, p[..., 0])
-    p_t = (1 - label_smoothing) * _picked(p, index) + label_smoothing / classes
-    if sample_weight is not None:
-        ce = ce * sample_weight
-    loss = torch.where(kept, ce + epsilon * w * (1 - p_t), 0.0)
-    return _reduce(loss, w.sum(), reduction)
 
 
 ORACLES = {"softmax_focal_loss": focal_torch, "poly1_cross_entropy": poly1_torch}

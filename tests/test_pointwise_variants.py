@@ -21,7 +21,7 @@ from array_api_compat import is_jax_namespace, is_torch_namespace
 from conftest import to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
-from oracle import T
+from oracle import T, torch_multilabel, torchvision_focal_loss
 
 import crossent
 from crossent._dispatch import generic_only
@@ -30,38 +30,6 @@ REDUCTIONS = ["mean", "sum", "none"]
 FOCAL_SHAPES = {"N": (7,), "NC": (6, 4), "NCd": (2, 3, 4)}
 ALPHAS = [0.25, None, -1, 0.9]
 GAMMAS = [0, 0.5, 2.0]
-
-
-def torchvision_focal_loss(x, t, *, alpha=0.25, gamma=2.0, reduction="none", sample_weight=None):
-    """``torchvision.ops.sigmoid_focal_loss``, with crossent's ``sample_weight``."""
-    p = torch.sigmoid(x)
-    ce_loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    loss = ce_loss * ((1 - p_t) ** gamma)
-    if alpha is not None and alpha >= 0:
-        alpha_t = alpha * t + (1 - alpha) * (1 - t)
-        loss = alpha_t * loss
-    if sample_weight is not None:
-        loss = loss * sample_weight
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if sample_weight is None:
-        return loss.mean()
-    return loss.sum() / sample_weight.expand(loss.shape).sum()
-
-
-def torch_multilabel(x, t, *, weight=None, reduction="mean", sample_weight=None):
-    """``F.multilabel_soft_margin_loss``, with crossent's ``sample_weight``."""
-    if sample_weight is None:
-        return F.multilabel_soft_margin_loss(x, t, weight=weight, reduction=reduction)
-    loss = F.multilabel_soft_margin_loss(x, t, weight=weight, reduction="none") * sample_weight
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / sample_weight.expand(loss.shape).sum()
 
 
 def _data(shape, seed, hard):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._dispatch import dispatch, on_accelerator, public_function, sharded
 from ._generic import _linear as generic
 from ._generic import _sharded
-from ._generic._arrays import is_eager
+from ._generic._arrays import is_eager, reshape
 from ._generic._linear import Linear, default_chunk_size
 from ._generic._problems import as_default_integer
 from ._typing import Array
@@ -285,7 +285,7 @@ def prepare_linear_cross_entropy(
                 f"hidden {shape_str(shape)} without its last axis"
             )
         target = as_default_integer(xp, target, classes, ignore_index, eager)
-        flat_target = xp.reshape(target, (-1,))
+        flat_target = reshape(xp, target, (-1,))
     elif xp.isdtype(target.dtype, "real floating"):
         expected = (*positions, num_classes)
         if tuple(target.shape) != expected:
@@ -297,7 +297,7 @@ def prepare_linear_cross_entropy(
             )
         # in its own dtype: each chunk converts its rows (a float32 copy of a bfloat16 target
         # would be twice the size of the input)
-        flat_target = xp.reshape(target, (-1, num_classes))
+        flat_target = reshape(xp, target, (-1, num_classes))
     else:
         raise TypeError(
             "target must hold class indices (an integer dtype) or class probabilities "
@@ -313,7 +313,7 @@ def prepare_linear_cross_entropy(
         checked = check_sample_weight(
             xp, sample_weight, positions, f"hidden {shape_str(shape)}", "last axis", dtype
         )
-        flat_sample_weight = xp.reshape(checked, (-1,))
+        flat_sample_weight = reshape(xp, checked, (-1,))
     if chunk_size is None:
         rows = default_chunk_size(
             xp, num_elements(positions), num_classes, dtype, accelerator=on_accelerator(xp, hidden)
@@ -330,7 +330,7 @@ def prepare_linear_cross_entropy(
         reduction=reduction,
         dtype=hidden.dtype,
         eager=eager,
-        hidden=xp.reshape(hidden, (num_elements(positions), features)),
+        hidden=reshape(xp, hidden, (num_elements(positions), features)),
         weight=weight,
         bias=bias,
         target=flat_target,

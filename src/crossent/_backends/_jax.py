@@ -180,7 +180,9 @@ def _linear_scan(
             if per_row:
                 shared = take(factor, start)
             factors = jnp.where(fresh, shared, 0.0).astype(compute)
-        loss, g = _linear.chunk_pass(p, smoothing, hidden, target, factors, gradient=gradient)
+        loss, g = _linear.chunk_pass(
+            p, smoothing, hidden, target, factors, gradient=gradient, logits=_logits(p, hidden)
+        )
         if g is None:
             return carry, (loss, None)
         dh, _, db = _linear.chunk_gradients(p, g, hidden, (wanted[0], False, sum_bias))
@@ -203,6 +205,16 @@ def _linear_scan(
         return jnp.concatenate([body, x[:, -1, overlap:]], axis=1).reshape(n, *x.shape[3:])
 
     return rows_once(loss), None if dh is None else rows_once(dh), carry[0], carry[1]
+
+
+def _logits(p: Linear, hidden: Array) -> Array:
+    """A chunk's logits as :meth:`Linear.logits` makes them, with half-precision operands
+    multiplied into float32 by XLA itself (the tensor cores of a GPU), not converted first."""
+    compute = p.compute_dtype
+    out = jnp.matmul(hidden, p.weight.T, preferred_element_type=compute)
+    if p.bias is not None:
+        out = out + p.bias.astype(compute)
+    return out if compute == p.dtype else out.astype(p.dtype).astype(compute)
 
 
 def _add_weight_gradient(d_weight: Array, g: Array, hidden: Array) -> Array:
@@ -294,10 +306,20 @@ def _class_slices(v: int, rows: int) -> tuple[int, int, int]:
 
 
 def _linear_problem(p: Linear, arrays: tuple[Any, ...]) -> Linear:
-    hidden, weight, bias, target, class_weight = arrays
+    hidden, weight, bias, target, class_weight, sample_weight = arrays
     return dataclasses.replace(
-        p, hidden=hidden, weight=weight, bias=bias, target=target, class_weight=class_weight
+        p,
+        hidden=hidden,
+        weight=weight,
+        bias=bias,
+        target=target,
+        class_weight=class_weight,
+        sample_weight=sample_weight,
     )
+
+
+#: The arrays of a Linear problem after hidden, weight and bias, which are not differentiated.
+_NOT_DIFFERENTIATED = ("target", "class_weight", "sample_weight")
 
 
 def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
@@ -317,11 +339,12 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
     def forward(*primals: Any) -> tuple[Array, Any]:
         arrays = tuple(None if x is None else x.value for x in primals)
         moved = tuple(x is not None and x.perturbed for x in primals)
-        if moved[3] or moved[4]:
-            raise TypeError(
-                "linear_cross_entropy is differentiated in hidden, weight and bias only, not "
-                "in its target or class_weight; wrap those in jax.lax.stop_gradient"
-            )
+        for name, perturbed in zip(_NOT_DIFFERENTIATED, moved[3:], strict=True):
+            if perturbed:
+                raise TypeError(
+                    "linear_cross_entropy is differentiated in hidden, weight and bias only, "
+                    f"not in its {name}; wrap it in jax.lax.stop_gradient"
+                )
         q = _linear_problem(p, arrays)
         wanted = (moved[0], moved[1], moved[2])
         # float16: the backward pass makes the gradient, with the upstream one (a loss scale)
@@ -335,7 +358,7 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
     def backward(residuals: Any, upstream: Array) -> tuple[Any, ...]:
         arrays, wanted, gradients = residuals
         if isinstance(upstream, SymbolicZero):
-            return (None,) * 5
+            return (None,) * 6
         q = _linear_problem(p, arrays)
         if gradients is None:
             factor = _linear.upstream_factor(q, upstream)
@@ -346,10 +369,12 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
         d_hidden, d_weight, d_bias = _linear.finish_gradients(q, wanted, *gradients)
         if d_hidden is not None:  # the flattened positions this function was given
             d_hidden = d_hidden.reshape(q.hidden.shape)
-        return d_hidden, d_weight, d_bias, None, None
+        return d_hidden, d_weight, d_bias, None, None, None
 
     compute.defvjp(forward, backward, symbolic_zeros=True)
-    out: Array = compute(p.hidden, p.weight, p.bias, p.target, p.class_weight)
+    # every array a primal, also those never differentiated: one closed over would leak a
+    # tracer of the transform around the call (jax.grad in sample_weight)
+    out: Array = compute(p.hidden, p.weight, p.bias, p.target, p.class_weight, p.sample_weight)
     return out
 
 

@@ -214,7 +214,8 @@ def _statistics(
     block for the gradient's chain rule). ``z_loss``: each row's shift is kept too (the last
     statistic; None without the z-loss), and the gradient's softmax factor gains
     ``2 z_loss w_n lse_n`` once the block's row sums are known. Sample weights are in the
-    terms' weights (class indices) or multiply the target's rows (class probabilities).
+    terms' weights (class indices) or multiply each row's loss and each term of its gradient
+    (class probabilities).
     """
     logits = _Rows(p, p.predictions)
     targets = None if terms is not None else _Rows(p, p.target)
@@ -248,7 +249,9 @@ def _statistics(
             z_scale = (2.0 * z_loss) * row_scale * np.asarray(terms.pick.weight).reshape(-1)
         else:
             row_scale = np.broadcast_to(np.asarray(1.0 if scale is None else scale, dtype), rows)
-            z_scale = (2.0 * z_loss) * row_scale * (1.0 if sample is None else sample)
+            if sample is not None:  # each term of the gradient, as the generic weigh_rows
+                row_scale = row_scale * sample
+            z_scale = (2.0 * z_loss) * row_scale
 
     # Row sums as a product with a vector of ones: BLAS's gemv is three times faster than
     # np.sum along a short axis, and as exact for these sums of positive terms.
@@ -294,8 +297,6 @@ def _statistics(
                     weighted += smoothing / classes
                 if p.weight is not None:
                     weighted *= class_weights
-                if sample is not None:
-                    weighted *= sample[lo:hi, None]
                 mass[lo:hi] = weighted @ ones  # type: ignore[index]
                 picked[lo:hi] = np.einsum("ij,ij->i", weighted, out)
             else:
@@ -348,9 +349,8 @@ def _loss(p: Classes, smoothing: float, statistics: tuple[np.ndarray, ...], term
     loss = log_norm * mass - target_sum  # the generic path's loss of class probabilities
     if shift is not None:  # the z-loss
         lse = shift + log_norm
-        z_weight = 1.0 if p.sample_weight is None else np.asarray(p.sample_weight)
-        loss = loss + p.z_loss * z_weight * (lse * lse)
-    return loss
+        loss = loss + p.z_loss * (lse * lse)
+    return loss if p.sample_weight is None else loss * np.asarray(p.sample_weight)
 
 
 def _weight_sum(p: Classes, terms: IndexTerms | None) -> Any:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .._generic import _binary, _categorical, _linear, _softmax
+from .._generic._arrays import torch_transformed
 from .._generic._categorical import IndexTerms
 from .._generic._linear import Linear
 from .._generic._problems import Classes, Pass, Pointwise
@@ -48,6 +49,12 @@ def _let_dynamo_trace_array_api_compat() -> None:
 
 
 _let_dynamo_trace_array_api_compat()
+
+
+def _transformed(*tensors: torch.Tensor | None) -> bool:
+    """Whether any of ``tensors`` is seen through a ``torch.func`` transform: the blocked and
+    linear ``autograd.Function``s and their in-place buffers are for plain tensors only."""
+    return any(x is not None and torch_transformed(x) for x in tensors)
 
 
 def _class_first(x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +175,8 @@ def _blocked_half_cross_entropy(p: Classes, smoothing: float) -> Array | None:
     logits = p.predictions
     if not p.index_target or torch.compiler.is_compiling() or not logits.is_contiguous():
         return None
+    if _transformed(logits, p.target, p.weight):
+        return None
     rows = logits.reshape(-1, logits.shape[-1])
     losses = _BlockedHalfCrossEntropy.apply(
         rows, p.target.reshape(-1), p.weight, p.ignore_index, smoothing
@@ -260,8 +269,12 @@ def cross_entropy(p: Classes, smoothing: float) -> Array:
 def nll_loss(p: Classes) -> Array:
     if p.sample_weight is not None:
         pick = _categorical.picks(p)
-        negated = _nll_class_last(p.predictions, p.target, p.weight, p.ignore_index, "none")
+        # the class weights in the compute dtype, after torch's exact gather: torch's half
+        # kernel takes no float32 weights
+        negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
         losses = negated.to(p.compute_dtype)
+        if p.weight is not None:
+            losses = losses * p.weight[pick.index]
         if pick.bad is not None:
             losses = torch.where(pick.bad, torch.nan, losses)
         return _weighted_positions(p, losses, pick)
@@ -350,8 +363,11 @@ def _linear_chunk(
     its ``factor``). The generic chunk makes five arrays of the chunk's size; this, one."""
     if buffer is None or p.softcap is not None or p.z_loss > 0.0:
         # class probabilities (the target is as large as the logits anyway), soft-capping and
-        # the z-loss: the generic chunk, in torch's operations
-        return _linear.chunk_pass(p, smoothing, hidden, target, factor, gradient=gradient)
+        # the z-loss: the generic chunk, in torch's operations, of torch's product
+        logits = F.linear(hidden, p.weight, p.bias).to(p.compute_dtype)
+        return _linear.chunk_pass(
+            p, smoothing, hidden, target, factor, gradient=gradient, logits=logits
+        )
     logits = buffer[: hidden.shape[0]]
     if p.hidden.dtype in _FLOATS:
         torch.mm(hidden, p.weight.T, out=logits)
@@ -503,11 +519,15 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         return d_hidden, d_weight, d_bias, None, None, None
 
 
-def linear_autograd(p: Linear, smoothing: float, run: LinearPass | None = None) -> Array:
+def linear_autograd(p: Linear, smoothing: float, run: LinearPass | None = None) -> Array | None:
     """``linear_cross_entropy`` through :class:`_LinearCrossEntropy`, whose chunks ``run``
     computes (:func:`_linear_pass` by default; the sharded pass of
-    ``_torch_distributed``): only the losses where nothing is differentiated."""
+    ``_torch_distributed``): only the losses where nothing is differentiated. None inside a
+    ``torch.func`` transform, whose wrapped tensors neither the Function nor the in-place
+    chunks take: the generic chunks then run, in torch's operations, which it sees through."""
     differentiable = [x for x in (p.hidden, p.weight, p.bias) if x is not None]
+    if _transformed(*differentiable, p.target, p.class_weight, p.sample_weight):
+        return None
     if not torch.is_grad_enabled() or not any(x.requires_grad for x in differentiable):
         # evaluation (no_grad, inference_mode, frozen weights): the losses alone
         with torch.no_grad():
@@ -788,6 +808,7 @@ def _blocked_half_bce_with_logits(
         or target.requires_grad
         or not (logits.is_contiguous() and target.is_contiguous())
         or torch.compiler.is_compiling()
+        or _transformed(logits, target)
     ):
         return None
     flat = logits.reshape(-1)

@@ -140,7 +140,7 @@ def binary_cross_entropy_with_logits_pass(p: Pointwise, *, gradient: bool) -> Pa
     loss = weighted_target * positive_term + (1.0 - t) * negative_term
     grad = None
     if gradient:
-        sigmoid = xp.where(x >= 0, 1.0, decay) / (1.0 + decay)
+        sigmoid = xp.where(x > 0, 1.0, decay) / (1.0 + decay)  # softplus_pair's branch
         grad = sigmoid * (1.0 - t + weighted_target) - weighted_target
     if p.weight is not None:
         loss = loss * p.weight
@@ -164,9 +164,11 @@ def sigmoid_pair(xp: Namespace, x: Array) -> tuple[Array, Array, Array, Array]:
     units of its own last place for any ``x``: ``sigmoid(-x)`` is not ``1 - sigmoid(x)``, which
     is 0 from ``x = 37`` on."""
     softplus, softplus_of_minus, decay = softplus_pair(xp, x)
-    nonnegative = x >= 0
-    sigmoid = xp.where(nonnegative, 1.0, decay) / (1.0 + decay)
-    complement = xp.where(nonnegative, decay, 1.0) / (1.0 + decay)
+    # the same branch as softplus_pair's: at x = 0 exactly, decay is exp(x) there, and only
+    # exp(x) / (1 + exp(x)) has the derivative of sigmoid; 1 / (1 + exp(x)) has its negative
+    positive = x > 0
+    sigmoid = xp.where(positive, 1.0, decay) / (1.0 + decay)
+    complement = xp.where(positive, decay, 1.0) / (1.0 + decay)
     return softplus, softplus_of_minus, sigmoid, complement
 
 
@@ -205,19 +207,24 @@ def sigmoid_focal_loss_pass(
     miss = t * complement + (1.0 - t) * sigmoid
     focus = _focusing(xp, miss, gamma)
     loss = cross_entropy if focus is None else cross_entropy * focus
-    grad = None
-    if gradient:
-        grad = (1.0 - t) * sigmoid - t * complement  # sigmoid(x) - t, exact for labels
-        if focus is not None:
-            zero = miss == 0
-            ratio = xp.where(zero, 0.0, sigmoid * complement / xp.where(zero, 1.0, miss))
-            grad = focus * (grad + gamma * cross_entropy * (1.0 - 2.0 * t) * ratio)
     factor = None if alpha is None else alpha * t + (1.0 - alpha) * (1.0 - t)
     if p.weight is not None:
         factor = p.weight if factor is None else factor * p.weight
+    grad = None
+    if gradient:
+        # each term times the focus and the factor, as torch's arithmetic of the product has
+        # it: an infinite sample weight gives NaN, not the sign of one term
+        scale = focus if factor is None else factor if focus is None else focus * factor
+        terms = [(1.0 - t) * sigmoid, -(t * complement)]  # sigmoid(x) - t, exact for labels
+        if gamma != 0.0:
+            zero = miss == 0
+            ratio = xp.where(zero, 0.0, sigmoid * complement / xp.where(zero, 1.0, miss))
+            terms.append(gamma * cross_entropy * (1.0 - 2.0 * t) * ratio)
+        if scale is not None:
+            terms = [scale * term for term in terms]
+        grad = terms[0] + terms[1] if len(terms) == 2 else terms[0] + terms[1] + terms[2]
     if factor is not None:
         loss = loss * factor
-        grad = None if grad is None else grad * factor
     denominator = None
     if p.weight is not None and p.reduction == "mean":
         denominator = xp.sum(xp.broadcast_to(p.weight, tuple(x.shape)))
@@ -262,21 +269,23 @@ def multilabel_soft_margin_loss_pass(p: MultiLabel, *, gradient: bool) -> Pass:
     x, t = p.pred, p.target
     softplus, softplus_of_minus, sigmoid, complement = sigmoid_pair(xp, x)
     terms = t * softplus_of_minus + (1.0 - t) * softplus
-    grad = None
-    if gradient:
-        grad = (1.0 - t) * sigmoid - t * complement
     if p.weight is not None:
         terms = terms * p.weight
-        grad = None if grad is None else grad * p.weight
     loss = xp.sum(terms, axis=-1) / p.num_classes
-    grad = None if grad is None else grad / p.num_classes
-    denominator = None
+    # each term of the gradient times the weights, as torch's arithmetic of the products has
+    # it: an infinite weight gives NaN, not the sign of one term
+    scale = 1.0 / p.num_classes
+    if p.weight is not None:
+        scale = scale * p.weight
     if p.sample_weight is not None:
         loss = loss * p.sample_weight
-        if grad is not None:
-            grad = grad * xp.expand_dims(p.sample_weight, axis=-1)
-        if p.reduction == "mean":
-            denominator = xp.sum(xp.broadcast_to(p.sample_weight, tuple(loss.shape)))
+        scale = scale * xp.expand_dims(p.sample_weight, axis=-1)
+    grad = None
+    if gradient:
+        grad = scale * ((1.0 - t) * sigmoid) - scale * (t * complement)
+    denominator = None
+    if p.sample_weight is not None and p.reduction == "mean":
+        denominator = xp.sum(xp.broadcast_to(p.sample_weight, tuple(loss.shape)))
     return Pass(loss, denominator, grad)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "picks",
     "row_statistics",
     "take_class",
+    "weigh_rows",
 ]
 
 
@@ -250,6 +251,10 @@ class RowStatistics:
     mass: Array | None
     #: ``exp(x - m)``, where the reader kept it; None makes the gradient compute it again.
     exp_shifted: Array | None = None
+    #: ``x - m``, where the reader kept it. A loss that reads the rows again takes them from
+    #: here, not from another ``scores()``: under autodiff each conversion of half-precision
+    #: logits rounds its share of the gradient, and the shares would be added rounded.
+    shifted: Array | None = None
 
 
 def row_statistics(
@@ -277,20 +282,34 @@ def row_statistics(
         shifted_sum = xp.sum(shifted * coefficients, axis=-1)
         if not isinstance(coefficients, float) and coefficients.ndim == scores.ndim:
             mass = xp.sum(coefficients, axis=-1)
-    return RowStatistics(shift, total, picked, shifted_sum, mass, exp_shifted)
+    return RowStatistics(shift, total, picked, shifted_sum, mass, exp_shifted, shifted)
 
 
 def coefficients(p: Classes, smoothing: float, terms: IndexTerms | None) -> Array | float | None:
     """The ``a`` of :class:`RowStatistics` for this call: the smoothed target times the class
     weights with class probabilities, the class weights with class indices and smoothing,
-    None with class indices and no smoothing."""
+    None with class indices and no smoothing. Never the sample weights: with class
+    probabilities they multiply each position's loss and gradient (:func:`weigh_rows`)."""
     if terms is None:
         target = smoothed_targets(p.xp, p.target, smoothing)
-        target = target if p.weight is None else target * p.weight
-        if p.sample_weight is not None:
-            target = target * p.sample_weight[..., None]
-        return target
+        return target if p.weight is None else target * p.weight
     return terms.class_weights if smoothing > 0.0 else None
+
+
+def weigh_rows(
+    p: Classes, loss: Array, softmax_coefficient: Array, a: Array
+) -> tuple[Array, Array, Array, Array | None]:
+    """A position's loss, its softmax's coefficient and its per-class term ``a`` (class
+    probabilities) times its sample weight, and what ``"mean"`` divides by (None without
+    sample weights: the number of positions).
+
+    The weight multiplies the loss once it is made, and each term of the gradient, as torch's
+    arithmetic of ``sample_weight * loss`` has it: an infinite weight gives an infinite loss
+    (folded into ``a``, ``0 * inf`` would make it NaN) and a NaN gradient."""
+    s = p.sample_weight
+    if s is None:
+        return loss, softmax_coefficient, a, None
+    return loss * s, softmax_coefficient * s, a * s[..., None], p.xp.sum(s)
 
 
 def cross_entropy_pass(
@@ -331,13 +350,10 @@ def cross_entropy_pass(
         mass = stats.mass
         loss = log_norm * mass - stats.shifted_sum
         coefficient = mass
-        denominator = None
-        if p.sample_weight is not None:
-            denominator = xp.sum(p.sample_weight)
         if lse is not None:
-            z_weight = 1.0 if p.sample_weight is None else p.sample_weight
-            loss = loss + p.z_loss * z_weight * (lse * lse)
-            coefficient = coefficient + (2.0 * p.z_loss) * z_weight * lse
+            loss = loss + p.z_loss * (lse * lse)
+            coefficient = coefficient + (2.0 * p.z_loss) * lse
+        loss, coefficient, a, denominator = weigh_rows(p, loss, coefficient, a)
         if not gradient:
             return Pass(loss, denominator)
         grad = exp_shifted() * (coefficient / stats.total)[..., None] - a
@@ -411,17 +427,16 @@ def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> 
     outside = None if p.eager else outside_unit_interval(xp, p.predictions, -1)
     if not p.index_target:
         target = p.target if p.weight is None else p.target * p.weight
-        if p.sample_weight is not None:
-            target = target * p.sample_weight[..., None]
         clipped, inside = clip_probs(xp, p.scores(), eps)
         absent = target == 0
         terms = xp.where(absent, 0.0, target * _log_where(xp, clipped, ~absent))
-        loss = mark_bad(xp, -xp.sum(terms, axis=-1), outside)
+        loss = -xp.sum(terms, axis=-1)
+        loss, _, target, denominator = weigh_rows(p, loss, loss, target)
+        loss = mark_bad(xp, loss, outside)
         grad = None
         if gradient:
             grad = xp.where(absent | ~inside, 0.0, -target / clipped)
             grad = mark_bad(xp, grad, None if outside is None else outside[..., None])
-        denominator = None if p.sample_weight is None else xp.sum(p.sample_weight)
         return Pass(loss, denominator, grad)
 
     pick = picks(p)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from array_api_compat import device
 
 from .._typing import Array, DType, Namespace
+from ._arrays import reshape
 from ._categorical import Picks, cross_entropy_pass, pick_classes
 from ._problems import Classes, Pass, Problem
 
@@ -144,7 +145,7 @@ class Linear(Problem):
     def finish(self, out: Array) -> Array:
         """A loss of the positions' shape (or 0-d), in the caller's dtype."""
         if len(out.shape) == 1:
-            out = self.xp.reshape(out, self.hidden_shape[:-1])
+            out = reshape(self.xp, out, self.hidden_shape[:-1])
         return super().finish(out)
 
     def spans(self) -> list[tuple[int, int]]:
@@ -153,13 +154,24 @@ class Linear(Problem):
         return [(start, min(start + size, n)) for start in range(0, n, size)]
 
     def logits(self, hidden: Array) -> Array:
-        """``hidden @ weight.T + bias`` of a chunk: the product in the caller's dtype (as the
-        dense computation rounds it), then in the compute dtype."""
+        """``hidden @ weight.T + bias`` of a chunk, in the compute dtype.
+
+        In half precision, as the dense computation makes them (``F.linear``: the products
+        summed and the bias added in float32, then rounded once to the caller's dtype): a
+        product that overflows the half dtype and a bias of ``-inf`` (a masked class) give
+        ``-inf``, where rounding the product first would give ``inf - inf = NaN``. The standard
+        has no product of half operands into float32, so the operands are converted, a chunk
+        at a time; the torch and JAX kernels pass their own mixed-precision product to
+        :func:`chunk_pass` instead."""
         xp = self.xp
-        out = xp.matmul(hidden, xp.permute_dims(self.weight, (1, 0)))
+        compute = self.compute_dtype
+        weight = xp.astype(self.weight, compute, copy=False)
+        out = xp.matmul(xp.astype(hidden, compute, copy=False), xp.permute_dims(weight, (1, 0)))
         if self.bias is not None:
-            out = out + self.bias
-        return xp.astype(out, self.compute_dtype, copy=False)
+            out = out + xp.astype(self.bias, compute, copy=False)
+        if compute == self.dtype:
+            return out
+        return xp.astype(xp.astype(out, self.dtype), compute)
 
     def chunk(self, logits: Array, target: Array) -> Classes:
         """The cross-entropy problem of one chunk: its logits and its rows of the target (class
@@ -250,7 +262,7 @@ def upstream_factor(p: Linear, upstream: Array) -> Array:
     xp = p.xp
     up = xp.astype(upstream, p.compute_dtype)
     if p.reduction == "none":
-        up = xp.reshape(up, (-1,))
+        up = reshape(xp, up, (-1,))
     base = gradient_factor(p)
     factor = up if base is None else base * up
     if p.index_target:
@@ -273,12 +285,16 @@ def chunk_pass(
     factor: Array | float | None,
     *,
     gradient: bool,
+    logits: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """The losses of one chunk of positions (rows ``hidden`` and ``target``) and, with
     ``gradient``, the gradient of their sum with respect to the chunk's logits, each row
-    multiplied by its ``factor`` (an array of the chunk's rows, a number, or None for 1)."""
+    multiplied by its ``factor`` (an array of the chunk's rows, a number, or None for 1).
+    ``logits``: the chunk's, where a kernel made them (else :meth:`Linear.logits`)."""
     xp = p.xp
-    result = cross_entropy_pass(p.chunk(p.logits(hidden), target), smoothing, gradient=gradient)
+    if logits is None:
+        logits = p.logits(hidden)
+    result = cross_entropy_pass(p.chunk(logits, target), smoothing, gradient=gradient)
     g = result.gradient
     if g is not None and isinstance(factor, float):
         g = g * factor
@@ -365,7 +381,7 @@ def finish_gradients(
             continue
         if grad is None:
             grad = xp.zeros(shape, dtype=p.dtype, device=device(p.hidden))
-        out.append(xp.astype(xp.reshape(grad, shape), p.dtype, copy=False))
+        out.append(xp.astype(reshape(xp, grad, shape), p.dtype, copy=False))
     return out[0], out[1], out[2]
 
 

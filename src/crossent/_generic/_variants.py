@@ -18,6 +18,7 @@ from ._categorical import (
     cross_entropy_pass,
     is_target_class,
     row_statistics,
+    weigh_rows,
 )
 from ._problems import Classes, Pass
 from ._stable import mark_bad, safe_log
@@ -37,23 +38,28 @@ __all__ = [
 
 
 def focal_factors(xp: Namespace, log_p: Array, gamma: float) -> tuple[Array, Array]:
-    """For log-probabilities ``L`` (any shape), ``(q**gamma, b)`` with ``q = 1 - exp(L)``:
-    the focal factor, and ``b = -d(-q**gamma L)/dL = q**gamma (1 - gamma p L / q)``, the factor
+    """For log-probabilities ``L`` (any shape), ``(q**gamma L, b)`` with ``q = 1 - exp(L)``:
+    the focal term, and ``b = -d(-q**gamma L)/dL = q**gamma (1 - gamma p L / q)``, the factor
     of ``-dL/dx`` in the gradient of the focal term ``-q**gamma L``.
 
     ``q`` is ``-expm1(L)``, exact for ``p`` near 1. ``q**gamma`` is a double ``where``: at
     ``q = 0`` (``L = 0``) autodiff sees a constant 0, not ``gamma * 0**(gamma - 1) = inf``,
     whose product with ``L = 0`` is NaN; the true limit of the term's derivative there is 0.
-    ``b`` writes ``q**(gamma - 1) L`` as ``q**gamma (L / q)``, with ``L / q -> -1`` as
-    ``q -> 0``, and ``p L / q`` as 0 where ``p = 0`` (``L = -inf``, where ``p L -> 0``).
+    At ``p = 0`` (``L = -inf``, a class whose logit is ``-inf``) the term is ``L`` itself, by a
+    double ``where`` too: ``q = 1`` there and ``dq/dL = -p = 0``, but the product rule would
+    multiply that 0 by ``L = -inf``, a NaN gradient, also in an ignored row that reads the
+    class. ``b`` writes ``q**(gamma - 1) L`` as ``q**gamma (L / q)``, with ``L / q -> -1`` as
+    ``q -> 0``, and ``p L / q`` as 0 where ``p = 0`` (where ``p L -> 0``).
     """
     q = -xp.expm1(log_p)
     positive = q > 0
     q_gamma = xp.where(positive, xp.where(positive, q, 1.0) ** gamma, 0.0)
+    certain_miss = log_p == -xp.inf
+    term = xp.where(certain_miss, log_p, q_gamma * xp.where(certain_miss, 0.0, log_p))
     ratio = xp.where(positive, log_p / xp.where(positive, q, 1.0), -1.0)
     p = xp.exp(log_p)
     slope = xp.where(p == 0, 0.0, p * ratio)
-    return q_gamma, q_gamma * (1.0 - gamma * slope)
+    return term, q_gamma * (1.0 - gamma * slope)
 
 
 def softmax_focal_loss_pass(p: Classes, gamma: float, *, gradient: bool) -> Pass:
@@ -72,15 +78,16 @@ def softmax_focal_loss_pass(p: Classes, gamma: float, *, gradient: bool) -> Pass
         a = coefficients(p, 0.0, None)
         stats = row_statistics(p, None, None)
         log_norm = safe_log(xp, stats.total)
-        log_p = p.scores() - stats.shift - log_norm[..., None]
-        q_gamma, slope = focal_factors(xp, log_p, gamma)
-        loss = -xp.sum(a * (q_gamma * log_p), axis=-1)
-        denominator = None if p.sample_weight is None else xp.sum(p.sample_weight)
+        assert stats.shifted is not None
+        log_p = stats.shifted - log_norm[..., None]
+        term, slope = focal_factors(xp, log_p, gamma)
+        loss = -xp.sum(a * term, axis=-1)
+        weighted = a * slope
+        total = xp.sum(weighted, axis=-1)
+        loss, total, weighted, denominator = weigh_rows(p, loss, total, weighted)
         if not gradient:
             return Pass(loss, denominator)
         assert stats.exp_shifted is not None
-        weighted = a * slope
-        total = xp.sum(weighted, axis=-1)
         grad = stats.exp_shifted * (total / stats.total)[..., None] - weighted
         return Pass(loss, denominator, grad)
 
@@ -90,9 +97,9 @@ def softmax_focal_loss_pass(p: Classes, gamma: float, *, gradient: bool) -> Pass
     assert stats.picked is not None
     log_norm = safe_log(xp, stats.total)
     log_p = stats.picked - log_norm
-    q_gamma, slope = focal_factors(xp, log_p, gamma)
+    term, slope = focal_factors(xp, log_p, gamma)
     # where, not a product: an ignored position's log p may be -inf or NaN
-    loss = mark_bad(xp, xp.where(pick.kept, -pick.weight * (q_gamma * log_p), 0.0), pick.bad)
+    loss = mark_bad(xp, xp.where(pick.kept, -pick.weight * term, 0.0), pick.bad)
     if not gradient:
         return Pass(loss, terms.weight_sum(p))
     coefficient = xp.where(pick.kept, pick.weight * slope, 0.0)
@@ -153,15 +160,16 @@ def poly1_cross_entropy_pass(
         assert stats.shifted_sum is not None
         assert stats.mass is not None
         log_norm = safe_log(xp, stats.total)
-        log_p = p.scores() - stats.shift - log_norm[..., None]
+        assert stats.shifted is not None
+        log_p = stats.shifted - log_norm[..., None]
         poly = xp.sum(a * -xp.expm1(log_p), axis=-1)
         loss = log_norm * stats.mass - stats.shifted_sum + epsilon * poly
-        denominator = None if p.sample_weight is None else xp.sum(p.sample_weight)
-        if not gradient:
-            return Pass(loss, denominator)
         probs = xp.exp(log_p)
         picked = xp.sum(a * probs, axis=-1)
         coefficient = stats.mass + epsilon * picked
+        loss, coefficient, a, denominator = weigh_rows(p, loss, coefficient, a)
+        if not gradient:
+            return Pass(loss, denominator)
         grad = probs * coefficient[..., None] - a * (1.0 + epsilon * probs)
         return Pass(loss, denominator, grad)
 
