@@ -574,3 +574,35 @@ def test_empty_batch_with_positions_and_class_weights(name, shape, to_xp, assert
     assert_close(func(scores, target, weight=weight, reduction="none"), np.zeros(shape[:2]))
     _, gradient = crossent.value_and_grad(func)(scores, target, weight=weight)
     assert_close(gradient, np.zeros(shape))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_half_nll_loss_with_class_and_sample_weights(dtype, reduction, to_xp, assert_close):
+    """Both weights at once on half-precision log-probabilities: float32 inside, rounded once
+    (torch's half kernel once refused the float32 class weights)."""
+    rng = np.random.default_rng(21)
+    log_probs = to_xp(np.log(rng.dirichlet(np.ones(4), 6)), dtype)
+    target = np.array([0, 1, -100, 3, 2, 1])
+    options = {
+        "weight": to_xp(rng.uniform(0.2, 2.0, 4), "float32"),
+        "sample_weight": to_xp(rng.uniform(0.0, 3.0, 6), "float32"),
+        "reduction": reduction,
+    }
+    found = crossent.nll_loss(log_probs, to_xp(target), **options)
+    single = to_xp(to_numpy(log_probs).astype(np.float32), "float32")
+    expected = to_numpy(crossent.nll_loss(single, to_xp(target), **options))
+    rounded = to_numpy(to_xp(expected, dtype))
+    assert_close(found, rounded, dtype=dtype, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "cross_entropy_from_probs"])
+def test_infinite_sample_weight_of_class_probabilities(name, to_xp, assert_close):
+    """``inf * loss``, as with a class index: inf (the weight once went into the target, where
+    ``inf * 0`` made NaN)."""
+    pred = np.array([[0.0, 0.0]]) if name == "cross_entropy" else np.array([[0.5, 0.5]])
+    for target in (np.array([[1.0, 0.0]]), np.array([0])):
+        found = getattr(crossent, name)(
+            to_xp(pred), to_xp(target), sample_weight=to_xp(np.array([np.inf])), reduction="none"
+        )
+        assert_close(found, [np.inf])

@@ -9,6 +9,7 @@ positions, smoothing, ``eps`` and reductions at random, with logits from tiny to
 from __future__ import annotations
 
 import numpy as np
+import oracle
 import pytest
 import torch
 from array_api_compat import is_dask_namespace, is_jax_namespace, is_torch_namespace
@@ -91,7 +92,77 @@ def _pointwise(draw):
     return Case(name, pred, target, options)
 
 
+@st.composite
+def _newer(draw):
+    """The newer losses and options: the focal losses, Poly-1, the multi-label soft margin, and
+    cross-entropy's ``softcap``, ``z_loss`` and ``sample_weight``."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    name = draw(
+        st.sampled_from(
+            [
+                "cross_entropy",
+                "softmax_focal_loss",
+                "poly1_cross_entropy",
+                "sigmoid_focal_loss",
+                "multilabel_soft_margin_loss",
+            ]
+        )
+    )
+    classes = draw(st.integers(1, 5))
+    positions = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=2)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 30.0]))
+    options = {"reduction": draw(REDUCTIONS)}
+    if name in ("sigmoid_focal_loss", "multilabel_soft_margin_loss"):
+        shape = (*positions, classes)
+        logits = rng.standard_normal(shape) * scale
+        target = rng.random(shape) if draw(st.booleans()) else (rng.random(shape) < 0.5) * 1.0
+        if name == "sigmoid_focal_loss":
+            options["alpha"] = draw(st.sampled_from([0.25, None, 0.9]))
+            # gamma of 1 or more: torchvision's (1 - p_t)**gamma is exact to 1e-10 there
+            options["gamma"] = draw(st.sampled_from([0.0, 1.0, 2.0]))
+            if draw(st.booleans()):
+                options["sample_weight"] = rng.uniform(0.0, 2.0, shape[-1:])
+        else:
+            if draw(st.booleans()):
+                options["weight"] = rng.uniform(0.0, 2.0, shape[-1:])
+            if positions and draw(st.booleans()):
+                options["sample_weight"] = rng.uniform(0.0, 2.0, positions)
+        return Case(name, logits, target, options)
+    axis = draw(st.integers(0, len(positions)))
+    shape = (*positions[:axis], classes, *positions[axis:])
+    logits = rng.standard_normal(shape) * scale
+    options["axis"] = axis
+    if draw(st.booleans()):
+        options["weight"] = rng.uniform(0.0, 2.0, classes)
+    if draw(st.booleans()):
+        options["sample_weight"] = rng.uniform(0.0, 3.0, positions)
+    if draw(st.booleans()):
+        target = np.moveaxis(rng.dirichlet(np.ones(classes), size=positions), -1, axis)
+    else:
+        target = rng.integers(0, classes, size=positions)
+        if target.size and draw(st.booleans()):
+            target.reshape(-1)[rng.random(target.size) < 0.3] = -100
+    if name == "cross_entropy":
+        options["label_smoothing"] = draw(st.sampled_from([0.0, 0.2]))
+        options["softcap"] = draw(st.sampled_from([None, 0.5, 5.0]))
+        options["z_loss"] = draw(st.sampled_from([0.0, 0.1]))
+    elif name == "softmax_focal_loss":
+        options["gamma"] = draw(st.sampled_from([0.0, 0.5, 2.0]))
+    else:
+        options["epsilon"] = draw(st.sampled_from([1.0, -1.0, 2.0]))
+        options["label_smoothing"] = draw(st.sampled_from([0.0, 0.3]))
+    return Case(name, logits, target, options)
+
+
+#: Losses whose terms cancel (Poly-1's cross-entropy and 1 - p_t; the z-loss, the cap): to
+#: within rounding of the terms, not of their difference.
+_CANCELLING = {"softmax_focal_loss", "poly1_cross_entropy", "sigmoid_focal_loss",
+               "multilabel_soft_margin_loss"}  # fmt: skip
+
+
 def _tolerances(case: Case) -> tuple[float, float]:
+    if case.name in _CANCELLING or {"softcap", "z_loss"} & set(case.options):
+        return 1e-10, 1e-14 * (1.0 + float(np.abs(case.pred).max(initial=0.0)))
     if case.name == "binary_cross_entropy_with_logits":
         # torch cancels (1 - t) x - log_sigmoid(x) to 0 below 1e-16 of |x| (test_backends)
         return 1e-10, float(np.finfo(np.float64).eps * np.abs(case.pred).max(initial=1.0)) * 8
@@ -101,7 +172,7 @@ def _tolerances(case: Case) -> tuple[float, float]:
 # Dask computes after crossent returns, outside its silencing of NumPy's warnings; the oracle
 # warns about kl_div's "mean"
 @pytest.mark.filterwarnings("ignore:(invalid value|divide by zero) encountered")
-@given(case=st.one_of(_categorical(), _pointwise()))
+@given(case=st.one_of(_categorical(), _pointwise(), _newer()))
 def test_random_calls_equal_torch(case, xp, to_xp, assert_close, lazy):
     pred = T(case.pred).requires_grad_(True)
     expected = case.torch_loss(pred)
@@ -130,3 +201,64 @@ def _autodiff(xp, func, args, options):
     import jax
 
     return jax.grad(lambda pred: func(pred, *args[1:], **options).sum())(args[0])
+
+
+# --- linear_cross_entropy against the dense computation ---------------------------------------
+
+
+@st.composite
+def _linear(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    positions = tuple(draw(st.lists(st.integers(0, 4), min_size=1, max_size=2)))
+    features, classes = draw(st.integers(1, 4)), draw(st.integers(1, 6))
+    hidden = rng.standard_normal((*positions, features)) * draw(st.sampled_from([0.1, 1.0, 10.0]))
+    weight = rng.standard_normal((classes, features))
+    options = {"reduction": draw(REDUCTIONS), "chunk_size": draw(st.sampled_from([1, 2, None]))}
+    options["label_smoothing"] = draw(st.sampled_from([0.0, 0.2]))
+    if draw(st.booleans()):
+        options["bias"] = rng.standard_normal(classes)
+    if draw(st.booleans()):
+        target = rng.dirichlet(np.ones(classes), size=positions)
+    else:
+        target = rng.integers(0, classes, size=positions)
+        if target.size and draw(st.booleans()):
+            target.reshape(-1)[rng.random(target.size) < 0.3] = -100
+        if draw(st.booleans()):
+            options["class_weight"] = rng.uniform(0.0, 2.0, classes)
+    if draw(st.booleans()):
+        options["sample_weight"] = rng.uniform(0.0, 2.0, positions)
+    options["softcap"] = draw(st.sampled_from([None, 2.0]))
+    options["z_loss"] = draw(st.sampled_from([0.0, 0.1]))
+    return hidden, weight, target, options
+
+
+def _dense(hidden, weight, target, options):
+    """torch's loss of the logits themselves, and its gradients of hidden and weight."""
+    h, w = T(hidden).requires_grad_(True), T(weight).requires_grad_(True)
+    extra = {k: T(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    bias = extra.pop("bias", None)
+    class_weight = extra.pop("class_weight", None)
+    extra.pop("chunk_size")
+    loss = oracle.cross_entropy(torch.nn.functional.linear(h, w, bias), T(target),
+                                weight=class_weight, **extra)  # fmt: skip
+    grads = torch.autograd.grad(loss.sum(), (h, w)) if loss.numel() else (None, None)
+    return loss.detach(), grads
+
+
+@pytest.mark.filterwarnings("ignore:(invalid value|divide by zero) encountered")
+@given(inputs=_linear())
+def test_random_linear_calls_equal_the_dense_computation(inputs, xp, to_xp, assert_close):
+    hidden, weight, target, options = inputs
+    expected, (want_h, want_w) = _dense(hidden, weight, target, options)
+    args = (to_xp(hidden), to_xp(weight), to_xp(target))
+    xp_options = {k: to_xp(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    assert_close(crossent.linear_cross_entropy(*args, **xp_options), expected, atol=1e-13)
+    loss, (dh, dw) = crossent.value_and_grad(crossent.linear_cross_entropy, argnums=(0, 1))(
+        *args, **xp_options
+    )
+    assert_close(loss, expected, atol=1e-13)
+    if want_h is None:  # no position: the mean is NaN, and nothing is differentiated
+        return
+    scale = float(np.abs(want_w.numpy()).max(initial=0.0))
+    assert_close(dh, want_h, atol=1e-12 * (1 + scale))
+    assert_close(dw, want_w, atol=1e-12 * (1 + scale))

@@ -9,9 +9,11 @@ import itertools
 import numpy as np
 import pytest
 from array_api_compat import is_dask_namespace, is_jax_namespace, is_torch_namespace
+from cases import Case, all_cases, variant_cases
 from conftest import to_numpy
 
 import crossent
+from crossent._dispatch import generic_only
 
 N, C = 1200, 500  # 600k logits: three of torch's blocks, many of NumPy's
 
@@ -101,3 +103,79 @@ def test_half_precision_is_float32_rounded_once(name, options, dtype, xp, to_xp)
     rounded = to_numpy(to_xp(g32, dtype)).astype(np.float64)
     tiny = 2.0**-24 if dtype == "float16" else 2.0**-133
     np.testing.assert_allclose(g, rounded, rtol=eps, atol=max(tiny, 2.0**-21 * np.abs(g32).max()))
+
+
+# --- Every loss, on every autograd route ------------------------------------------------------
+
+#: Every loss of a prediction, with each of its options (small inputs: the routes, not blocks).
+ROUTE_CASES = [*all_cases()[::5], *variant_cases()]
+#: Each dtype's bits of mantissa, and the exponent of its smallest normal number.
+ULP_BITS = {"float16": 10, "bfloat16": 7}
+MIN_EXPONENT = {"float16": -14, "bfloat16": -126}
+
+
+def _float32_exact(case: Case) -> Case:
+    """The case with every floating array float32-exact, so that float32 inside reads the same
+    numbers as the float64 reference."""
+
+    def exact(x):
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+            return x.astype(np.float32).astype(np.float64)
+        return x
+
+    options = {k: exact(v) for k, v in case.options.items()}
+    return Case(case.name, case.pred, exact(case.target), options)
+
+
+def _routes(xp):
+    routes = ["value_and_grad"]
+    if is_torch_namespace(xp):
+        routes += ["torch autograd", "torch autograd, generic path"]
+    if is_jax_namespace(xp):
+        routes += ["jax.grad"]
+    return routes
+
+
+def _gradient(xp, route, func, pred, args, options):
+    if route == "value_and_grad":
+        return crossent.grad(func)(pred, *args, **options)
+    if route == "jax.grad":
+        import jax
+
+        return jax.grad(lambda x: func(x, *args, **options).astype("float32").sum())(pred)
+    leaf = pred.detach().clone().requires_grad_(True)
+    if route == "torch autograd, generic path":
+        with generic_only():
+            func(leaf, *args, **options).float().sum().backward()
+    else:
+        func(leaf, *args, **options).float().sum().backward()
+    return leaf.grad
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", ROUTE_CASES, ids=[c.id for c in ROUTE_CASES])
+def test_every_autograd_route_rounds_once(case, dtype, xp, to_xp):
+    """float32 inside, rounded once: the gradient of the rounded input lies within half a unit
+    of the dtype's last place of the exact (float64) one, plus float32's own rounding."""
+    if is_dask_namespace(xp):
+        pytest.skip("Dask has value_and_grad alone, which the NumPy session checks")
+    case = _float32_exact(case)
+    half = to_xp(case.pred, dtype)
+    rounded = to_numpy(half).astype(np.float64)
+    args, options = case.crossent_args(to_xp)
+    if case.name == "cross_entropy_from_probs" and options.get("eps") is None:
+        options["eps"] = float(np.finfo(np.float16).eps) if dtype == "float16" else 2.0**-7
+    func = getattr(crossent, case.name)
+    exact = to_numpy(crossent.grad(func)(to_xp(rounded), args[1], **options))
+    scale = np.abs(exact[np.isfinite(exact)]).max(initial=0.0)
+    # half a unit in the last place of each exact entry (a subnormal's is the smallest's)
+    magnitude = np.maximum(np.abs(np.nan_to_num(exact)), 2.0**-200)
+    exponent = np.maximum(np.floor(np.log2(magnitude)), MIN_EXPONENT[dtype])
+    half_ulp = 2.0 ** (exponent - ULP_BITS[dtype] - 1)
+    allowed = half_ulp * (1 + 1e-6) + 2.0**-21 * scale
+    for route in _routes(xp):
+        grad = _gradient(xp, route, func, half, args[1:], options)
+        assert grad.dtype == half.dtype, route
+        error = np.abs(to_numpy(grad).astype(np.float64) - exact)
+        worst = float(np.max(error / allowed, initial=0.0))
+        assert worst <= 1.0, f"{route}: {worst:.3g} times the rounding allowed"

@@ -633,3 +633,81 @@ def test_float16_gradients_keep_the_loss_scale(xp, to_xp):
     ours = to_numpy(dh).astype(np.float64)
     assert np.count_nonzero(ours == 0) <= np.count_nonzero(want == 0)
     np.testing.assert_allclose(ours, want, rtol=0, atol=2e-2 * np.abs(want).max())
+
+
+def test_jax_grad_in_sample_weight_is_refused_by_name(xp, to_xp):
+    """As torch's ``sample_weight.requires_grad`` is: a TypeError naming it (a tracer once
+    escaped the custom_vjp)."""
+    if not is_jax_namespace(xp):
+        pytest.skip("jax.grad")
+    import jax
+
+    hidden, weight, target, _, _ = _inputs((4,), weighted=False, ignored=False, bias=False,
+                                           probabilities=False)  # fmt: skip
+    args = (to_xp(hidden), to_xp(weight), to_xp(target))
+
+    def loss(s):
+        return crossent.linear_cross_entropy(*args, sample_weight=s)
+
+    with pytest.raises(TypeError, match=r"not in its sample_weight; wrap it in jax.lax"):
+        jax.grad(loss)(to_xp(np.ones(4)))
+
+
+def test_torch_sample_weight_that_requires_grad_is_refused_by_name(xp):
+    if not is_torch_namespace(xp):
+        pytest.skip("torch's autograd")
+    hidden, weight, target, _, _ = _inputs((4,), weighted=False, ignored=False, bias=False,
+                                           probabilities=False)  # fmt: skip
+    s = T(np.ones(4)).requires_grad_(True)
+    h = T(hidden).requires_grad_(True)
+    with pytest.raises(TypeError, match=r"not in its sample_weight; pass sample_weight.detach"):
+        crossent.linear_cross_entropy(h, T(weight), T(target), sample_weight=s)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_bias_of_minus_inf_masks_a_product_that_overflows(dtype, xp, to_xp, assert_close):
+    """The bias is added before the logits are rounded, as ``F.linear`` adds it: a masked
+    class (-inf) whose product overflows the dtype (9360 * 7 > 65504) gives -inf, not NaN."""
+    hidden = to_xp(np.array([[9360.0]]), dtype)
+    weight = to_xp(np.array([[0.0], [7.0]]), dtype)
+    bias = to_xp(np.array([0.0, -np.inf]), dtype)
+    target = to_xp(np.array([0]))
+    loss = crossent.linear_cross_entropy(hidden, weight, target, bias=bias)
+    assert_close(loss, 0.0, dtype=dtype)
+    value, grads = crossent.value_and_grad(crossent.linear_cross_entropy, argnums=(0, 1, 3))(
+        hidden, weight, target, bias
+    )
+    assert_close(value, 0.0, dtype=dtype)
+    for grad in grads:
+        assert np.all(to_numpy(grad) == 0.0)
+
+
+# Dask computes the empty mean's 0 / 0 after crossent returns, outside its silencing of NumPy
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("shape", [(0, 3, D), (2, 0, D), (0, D)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batches_in_chunks(shape, reduction, xp, to_xp, assert_close):
+    """No position at all, in an array of several chunks (Dask once failed in its reshape):
+    NumPy's empty result, a NaN mean, zero gradients."""
+    rng = np.random.default_rng(22)
+    hidden = np.zeros(shape)
+    weight = rng.standard_normal((V, D))
+    positions = shape[:-1]
+    chunked = {}
+    if is_dask_namespace(xp):
+        import dask.array as da
+
+        chunked = {"hidden": da.from_array(hidden, chunks=(1,) * len(shape))}
+    h = chunked.get("hidden", to_xp(hidden))
+    for target in (np.zeros(positions, dtype=np.int64), np.zeros((*positions, V))):
+        for extra in ({}, {"sample_weight": to_xp(np.ones(positions))}):
+            options = {"reduction": reduction, **extra}
+            loss = crossent.linear_cross_entropy(h, to_xp(weight), to_xp(target), **options)
+            expected = np.zeros(positions) if reduction == "none" else np.nan if (
+                reduction == "mean") else 0.0  # fmt: skip
+            assert_close(loss, expected)
+            _, (dh, dw) = crossent.value_and_grad(crossent.linear_cross_entropy, argnums=(0, 1))(
+                h, to_xp(weight), to_xp(target), chunk_size=1, **options
+            )
+            assert_close(dh, np.zeros(shape))
+            assert_close(dw, np.zeros((V, D)))

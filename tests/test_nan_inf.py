@@ -140,3 +140,70 @@ def test_nan_and_inf_through_the_primitives_as_torch(
     func = getattr(crossent, name)
     run = lazy(func) if _lazy_backend(xp) else func
     assert_close(run(to_xp(x)), PRIMITIVES[name](T(x)))
+
+
+# --- Infinite sample weights: torch's arithmetic of weight * loss ----------------------------
+
+
+def _infinite_weight_cases() -> list[Case]:
+    """Every loss that takes sample weights, with one infinite weight (a kept position's: an
+    ignored position's weight is never read) and one of 0."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((4, 3)) * 2
+    index = np.array([0, 2, -100, 1])
+    probs = rng.dirichlet(np.ones(3), 4)
+    probs[1, 0] = 0.0  # a zero target beside the infinite weight: inf * 0 in torch's arithmetic
+    probs[1] /= probs[1].sum()
+    s = np.array([1.0, np.inf, 2.0, 0.0])
+    labels = (rng.random((4, 3)) < 0.5) * 1.0
+    cases = []
+    for reduction in ("none", "sum", "mean"):
+        weighted = {"reduction": reduction, "sample_weight": s}
+        for target in (index, probs):
+            cases.append(Case("cross_entropy", logits, target, weighted))
+            cases.append(
+                Case("cross_entropy", logits, target, {**weighted, "z_loss": 0.1, "softcap": 3.0})
+            )
+            cases.append(Case("softmax_focal_loss", logits, target, weighted))
+            cases.append(Case("poly1_cross_entropy", logits, target, weighted))
+            from_probs = torch.softmax(T(logits), -1).numpy()
+            cases.append(Case("cross_entropy_from_probs", from_probs, target, weighted))
+        log_probs = torch.log_softmax(T(logits), -1).numpy()
+        cases.append(Case("nll_loss", log_probs, index, weighted))
+        cases.append(Case("multilabel_soft_margin_loss", logits, labels, weighted))
+        elementwise = {**weighted, "sample_weight": np.array([1.0, np.inf, 0.0])}
+        cases.append(Case("sigmoid_focal_loss", logits, labels, elementwise))
+    return cases
+
+
+def _same_specials(found: np.ndarray, expected: np.ndarray) -> None:
+    """Equal where finite, and the same NaN and signed infinities elsewhere."""
+    np.testing.assert_array_equal(np.isnan(found), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(found), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(found), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(found[finite], expected[finite], rtol=1e-10, atol=1e-300)
+
+
+INFINITE_WEIGHTS = _infinite_weight_cases()
+
+
+@pytest.mark.filterwarnings("ignore:(invalid value|divide by zero|overflow) encountered")
+@pytest.mark.parametrize("case", INFINITE_WEIGHTS, ids=[c.id for c in INFINITE_WEIGHTS])
+def test_an_infinite_sample_weight_as_torch_arithmetic(case, xp, to_xp):
+    """``s * loss`` reduced, and its gradient, as torch computes them with autograd: an
+    infinite weight gives an infinite (or NaN) loss, and the gradient torch's chain rule makes
+    of it, on every route."""
+    pred = T(case.pred).requires_grad_(True)
+    expected = case.torch_loss(pred)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), pred)
+    args, options = case.crossent_args(to_xp)
+    func = getattr(crossent, case.name)
+    _same_specials(to_numpy(func(*args, **options)), expected.detach().numpy())
+    loss, grad = crossent.value_and_grad(func)(*args, **options)
+    _same_specials(to_numpy(loss), expected.detach().numpy())
+    _same_specials(to_numpy(grad), expected_grad.numpy())
+    if is_torch_namespace(xp) or is_jax_namespace(xp):
+        from test_kinks import _autodiff
+
+        _same_specials(to_numpy(_autodiff(xp, func, args, options)), expected_grad.numpy())
