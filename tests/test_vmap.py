@@ -51,7 +51,7 @@ def _batch(case: Case) -> np.ndarray:
     return np.stack([pred + 0.5 * k for k in range(COPIES)])
 
 
-@pytest.mark.parametrize(("index", "case"), enumerate(CASES), ids=[c.id for c in CASES])
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES)), ids=[c.id for c in CASES])
 def test_vmap_of_grad_equals_each_example_alone(index, case, xp, to_xp, assert_close):
     vmap, grad = _transforms(xp)
     if is_jax_namespace(xp) and index % 3:
