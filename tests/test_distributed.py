@@ -300,3 +300,20 @@ def test_value_and_grad_refuse_process_group(loss):
         crossent.value_and_grad(func)(*arguments, process_group=NotAGroup())
     value, _ = crossent.value_and_grad(func)(*arguments, process_group=None)
     assert torch.equal(value, func(*arguments))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "linear_cross_entropy"])
+def test_process_group_is_refused_inside_a_torch_func_transform(loss):
+    """Inside vmap the collectives and the Functions cannot take the batched tensors: a clear
+    error before any group is touched (linear_cross_entropy once returned None there)."""
+    func = getattr(crossent, loss)
+    hidden = torch.zeros((4, 2, 3), dtype=torch.float64)
+    weight = torch.zeros((3, 3), dtype=torch.float64)
+    target = torch.tensor([0, 2])
+
+    def one(x):
+        arguments = (x, target) if loss == "cross_entropy" else (x, weight, target)
+        return func(*arguments, process_group=NotAGroup())
+
+    with pytest.raises(TypeError, match=r"process_group splits plain tensors.*torch.func"):
+        torch.func.vmap(one)(hidden)

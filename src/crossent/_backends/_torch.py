@@ -274,7 +274,9 @@ def nll_loss(p: Classes) -> Array:
         negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
         losses = negated.to(p.compute_dtype)
         if p.weight is not None:
-            losses = losses * p.weight[pick.index]
+            # gather, not indexing: a 0-d index compiles, and vmap batches it (not take)
+            index = pick.index
+            losses = losses * p.weight.gather(0, index.reshape(-1)).reshape(index.shape)
         if pick.bad is not None:
             losses = torch.where(pick.bad, torch.nan, losses)
         return _weighted_positions(p, losses, pick)

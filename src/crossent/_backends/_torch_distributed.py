@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .._generic import _sharded
+from .._generic._arrays import torch_transformed
 from .._generic._sharded import ShardedClasses, ShardedLinear
 from .._typing import Array
 from . import _torch
@@ -158,7 +159,15 @@ def sharded(
 ) -> Array:
     """``generic`` over ``process_group``: ``prepare(*args, process_group=collectives,
     **kwargs)`` checks the public function's arguments into a problem and its options, and the
-    kernel of ``generic`` computes it. ``args[0]`` is a torch tensor."""
+    kernel of ``generic`` computes it. ``args[0]`` is a torch tensor. Not inside a
+    ``torch.func`` transform: the collectives and the autograd Functions take plain tensors."""
+    tensors = [*args, *kwargs.values()]
+    if any(isinstance(x, torch.Tensor) and torch_transformed(x) for x in tensors):
+        raise TypeError(
+            "process_group splits plain tensors among processes, got tensors inside a "
+            "torch.func transform (vmap, grad, ...): call the loss outside the transform, or "
+            "pass process_group=None"
+        )
     group = TorchCollectives.of(process_group, args[0].device)
     problem, options = prepare(*args, process_group=group, **kwargs)
     return KERNELS[generic](problem, *options, group)
