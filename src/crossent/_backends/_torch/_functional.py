@@ -1,0 +1,202 @@
+"""The kernels that are torch's own functions (``torch.logsumexp``, ``torch.softmax``,
+``F.cross_entropy``, ``F.nll_loss``, ``F.binary_cross_entropy`` ...) on prepared problems, and
+the compositions of them that crossent's options beyond torch's need (soft-capping, the z-loss,
+sample weights). Autograd through them is torch's own backward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..._generic import _categorical
+from ..._generic._problems import Classes, Pass, Pointwise
+from ..._typing import Array, Namespace
+from ._common import _FLOATS, _class_first
+from ._half import _blocked_half_cross_entropy
+
+__all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "log_sigmoid",
+    "log_softmax",
+    "logsumexp",
+    "nll_loss",
+    "softmax",
+]
+
+
+def logsumexp(xp: Namespace, x: torch.Tensor, axes: tuple[int, ...]) -> Array:
+    return torch.logsumexp(x, dim=axes, keepdim=True)
+
+
+def softmax(xp: Namespace, x: torch.Tensor, axis: int) -> Array:
+    return torch.softmax(x, dim=axis)
+
+
+def log_softmax(xp: Namespace, x: torch.Tensor, axis: int) -> Array:
+    return torch.log_softmax(x, dim=axis)
+
+
+def log_sigmoid(xp: Namespace, x: torch.Tensor) -> Array:
+    return F.logsigmoid(x)
+
+
+def _weighted_positions(p: Classes, losses: torch.Tensor, pick: Any) -> Array:
+    """Per-position ``losses`` of a call with sample weights (0 at ignored positions), each
+    times its sample weight, reduced: ``"mean"`` divides by ``sum s_n w[y_n]`` (class
+    indices, ``pick``) or ``sum s_n`` (class probabilities)."""
+    s = p.sample_weight
+    if pick is not None:
+        if s is not None:
+            losses = losses * pick.kept_weight  # s_n where kept, 0 where ignored
+        return p.reduce(Pass(losses, torch.sum(pick.weight)))
+    if s is None:
+        return p.reduce(Pass(losses))
+    return p.reduce(Pass(losses * s, torch.sum(s)))
+
+
+def _composed_cross_entropy(p: Classes, smoothing: float) -> Array:
+    """torch's cross-entropy of the soft-capped logits (``Classes.scores``), with the z-loss
+    from one ``logsumexp`` more and the sample weights: torch's kernels composed, which
+    autograd and torch.compile see through."""
+    rows = p.scores()  # float32 for half precision, capped with softcap
+    classes = rows.shape[-1]
+    rows = rows.reshape(-1, classes)
+    pick = _categorical.picks(p) if p.index_target else None
+    target = p.target.reshape(-1) if pick is not None else p.target.reshape(-1, classes)
+    losses = F.cross_entropy(
+        rows,
+        target,
+        weight=p.weight,
+        ignore_index=p.ignore_index,
+        reduction="none",
+        label_smoothing=smoothing,
+    ).reshape(p.predictions.shape[:-1])
+    if p.z_loss > 0.0:
+        lse = torch.logsumexp(rows, dim=1).reshape(losses.shape)
+        if pick is None:
+            losses = losses + p.z_loss * lse * lse
+        else:  # weighted as its position, by w[y_n]; nothing where ignored
+            w = 1.0 if p.weight is None else torch.take(p.weight, pick.index)
+            losses = losses + torch.where(pick.kept, p.z_loss * w * (lse * lse), 0.0)
+    if pick is not None and pick.bad is not None:
+        losses = torch.where(pick.bad, torch.nan, losses)
+    return _weighted_positions(p, losses, pick)
+
+
+def cross_entropy(p: Classes, smoothing: float) -> Array:
+    if not p.plain:
+        return _composed_cross_entropy(p, smoothing)
+    target = p.target if p.index_target else _class_first(p.target)
+    logits = _class_first(p.predictions)
+    if logits.dtype not in _FLOATS:
+        blocked = _blocked_half_cross_entropy(p, smoothing)
+        if blocked is not None:
+            return blocked
+        # float16 and bfloat16: torch's log_softmax reads them and computes and writes float32
+        # in one pass, where converting first would take two. cross_entropy of log-probabilities
+        # is the same loss (their log normaliser is 0).
+        logits = torch.log_softmax(logits, dim=1 if logits.ndim > 1 else 0, dtype=torch.float32)
+        if p.index_target and smoothing == 0.0:
+            out = F.nll_loss(
+                logits,
+                target,
+                weight=p.weight,
+                ignore_index=p.ignore_index,
+                reduction=p.reduction,
+            )
+            return p.finish(out)
+    out = F.cross_entropy(
+        logits,
+        target,
+        weight=p.weight,
+        ignore_index=p.ignore_index,
+        reduction=p.reduction,
+        label_smoothing=smoothing,
+    )
+    return p.finish(out)
+
+
+def nll_loss(p: Classes) -> Array:
+    if p.sample_weight is not None:
+        pick = _categorical.picks(p)
+        # the class weights in the compute dtype, after torch's exact gather: torch's half
+        # kernel takes no float32 weights
+        negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
+        losses = negated.to(p.compute_dtype)
+        if p.weight is not None:
+            # gather, not indexing: a 0-d index compiles, and vmap batches it (not take)
+            index = pick.index
+            losses = losses * p.weight.gather(0, index.reshape(-1)).reshape(index.shape)
+        if pick.bad is not None:
+            losses = torch.where(pick.bad, torch.nan, losses)
+        return _weighted_positions(p, losses, pick)
+    if p.predictions.dtype not in _FLOATS:
+        # float16 and bfloat16: torch's kernel gathers -x_y exactly (0 where ignored), and its
+        # backward scatters without the conversions that make torch's generic scatter slow;
+        # weights and sums are then float32, where torch's half kernel would round them.
+        negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
+        if p.weight is None:  # the common case, in as few operations as it takes
+            return _reduce_half_nll(negated, p.target, p.ignore_index, p.reduction)
+        pick = _categorical.picks(p)
+        loss = pick.weight * negated.to(torch.float32)
+        return p.reduce(Pass(loss, torch.sum(pick.weight)))
+    out = _nll_class_last(p.predictions, p.target, p.weight, p.ignore_index, p.reduction)
+    return p.finish(out)
+
+
+def _reduce_half_nll(
+    negated: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str
+) -> torch.Tensor:
+    """The reduction of torch's exact half-precision ``-x_y`` (0 where ignored), unweighted,
+    summed in float32 and rounded once."""
+    if reduction == "none":
+        return negated
+    total = torch.sum(negated, dtype=torch.float32)
+    if reduction == "mean":  # no kept position: 0 / 0 = NaN, as torch's
+        total = total / torch.sum(target != ignore_index, dtype=torch.float32)
+    return total.to(negated.dtype)
+
+
+def _nll_class_last(
+    log_probs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+) -> torch.Tensor:
+    """``F.nll_loss`` of log-probabilities whose class axis is last, read as rows of a 2-d
+    view. torch's own layout would need the class axis moved to 1, and the backward of its
+    nll_loss over ``(N, C, d1, ...)`` input fails on such a strided view (torch 2.13: "grad_input
+    must be contiguous"); the rows of a contiguous tensor are a view, not a copy."""
+    if log_probs.ndim <= 2:
+        return F.nll_loss(log_probs, target, weight, None, ignore_index, None, reduction)
+    rows = log_probs.reshape(-1, log_probs.shape[-1])
+    out = F.nll_loss(rows, target.reshape(-1), weight, None, ignore_index, None, reduction)
+    return out.reshape(target.shape) if reduction == "none" else out
+
+
+def binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
+    probs = p.pred if eps is None else torch.clamp(p.pred, eps, 1.0 - eps)
+    # torch raises on a NaN probability or target, where crossent gives NaN: NaN positions
+    # enter torch as 1/2, and come out NaN again. (Out-of-range values raised already.)
+    nan = torch.isnan(probs) | torch.isnan(p.target)
+    loss = F.binary_cross_entropy(
+        torch.where(nan, 0.5, probs),
+        torch.where(nan, 0.5, p.target),
+        weight=p.weight,
+        reduction="none",
+    )
+    return p.reduce(Pass(torch.where(nan, torch.nan, loss)))
+
+
+def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
+    # torch sums (1 - t) x - log_sigmoid(x): where the loss is below 1e-16 of |x| it cancels to
+    # 0, where the generic path keeps the tiny loss; both are exact to the rounding of x.
+    out = F.binary_cross_entropy_with_logits(
+        p.pred, p.target, weight=p.weight, pos_weight=p.pos_weight, reduction=p.reduction
+    )
+    return p.finish(out)
