@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from oracle import T, class_first
 
+from crossent._dispatch import LOSSES as DECLARED
+
 N, C = 5, 4
 
 #: The losses of the grid below, by their public name. The newer losses have grids of their
-#: own (test_categorical_variants, test_pointwise_variants, test_linear); :data:`ALL_LOSSES`
-#: names every loss of a prediction, whose oracle :meth:`Case.torch_loss` computes.
+#: own (test_categorical_variants, test_pointwise_variants, test_linear).
 LOSSES = [
     "cross_entropy",
     "nll_loss",
@@ -31,13 +32,10 @@ LOSSES = [
     "binary_cross_entropy_with_logits",
     "kl_div",
 ]
-ALL_LOSSES = [
-    *LOSSES,
-    "softmax_focal_loss",
-    "poly1_cross_entropy",
-    "sigmoid_focal_loss",
-    "multilabel_soft_margin_loss",
-]
+#: Every loss of a prediction (all but the linear layer's), from the declarations: the oracle
+#: :meth:`Case.torch_loss` computes each, and the properties that walk every loss
+#: (:func:`variant_cases` beside the grid) are checked to cover each.
+ALL_LOSSES = [name for name, declared in DECLARED.items() if declared.family != "linear"]
 
 #: The oracles of the losses torch lacks, in torch float64.
 VARIANT_ORACLES = {
@@ -45,6 +43,7 @@ VARIANT_ORACLES = {
     "poly1_cross_entropy": oracle.poly1_torch,
     "sigmoid_focal_loss": oracle.torchvision_focal_loss,
     "multilabel_soft_margin_loss": oracle.torch_multilabel,
+    "entropy": oracle.entropy_torch,
 }
 
 
@@ -52,28 +51,36 @@ VARIANT_ORACLES = {
 class Case:
     name: str
     pred: np.ndarray
-    target: np.ndarray
+    #: None for a loss of the predictions alone (entropy).
+    target: np.ndarray | None
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # 0-d cases come out of NumPy as scalars: keep them arrays
         object.__setattr__(self, "pred", np.asarray(self.pred))
-        object.__setattr__(self, "target", np.asarray(self.target))
+        if self.target is not None:
+            object.__setattr__(self, "target", np.asarray(self.target))
 
     @property
     def id(self) -> str:
         shown = {k: ("array" if isinstance(v, np.ndarray) else v) for k, v in self.options.items()}
         return f"{self.name}-{self.pred.shape}-{shown}"
 
-    def crossent_args(self, to_xp: Callable[..., Any]) -> tuple[tuple[Any, Any], dict[str, Any]]:
+    def crossent_args(self, to_xp: Callable[..., Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The positional arguments (the predictions, and the target where there is one) and
+        the options, as the backend's arrays."""
         options = {
             k: to_xp(v) if isinstance(v, np.ndarray) else v for k, v in self.options.items()
         }
+        if self.target is None:
+            return (to_xp(self.pred),), options
         return (to_xp(self.pred), to_xp(self.target)), options
 
     def torch_loss(self, pred: torch.Tensor) -> torch.Tensor:
         """torch's own function of this case, differentiable in ``pred``."""
         options = {k: T(v) if isinstance(v, np.ndarray) else v for k, v in self.options.items()}
+        if self.target is None:
+            return VARIANT_ORACLES[self.name](pred, **options)
         target = T(self.target)
         if self.name in VARIANT_ORACLES:
             if self.name == "sigmoid_focal_loss":  # torchvision's defaults are not crossent's
@@ -228,6 +235,8 @@ def variant_cases(seed: int = 2) -> Iterator[Case]:
         if len(shape) > 1:
             multilabel["sample_weight"] = rng.uniform(0.1, 2.0, shape[:-1])
         yield Case("multilabel_soft_margin_loss", logits, labels, multilabel)
+        yield Case("entropy", logits, None, base)
+        yield Case("entropy", logits, None, {**base, "sample_weight": weighted["sample_weight"]})
 
 
 def all_cases() -> list[Case]:

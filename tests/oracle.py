@@ -303,3 +303,20 @@ def poly1_torch(
         ce = ce * sample_weight
     loss = torch.where(kept, ce + epsilon * w * (1 - p_t), 0.0)
     return _reduce(loss, w.sum(), reduction)
+
+
+def entropy_torch(logits, *, axis=-1, reduction="mean", sample_weight=None):
+    """The entropy of ``softmax(logits)`` along ``axis``: the value of
+    ``torch.distributions.Categorical(logits=...).entropy()`` (test_entropy checks it), with a
+    double where at ``p = 0`` where Categorical clamps ``log p`` to the dtype's lowest number:
+    a sample weight above 1 overflows that clamp to ``-inf`` in its backward pass, and turns
+    the exact 0 gradient of a ``-inf`` logit into NaN. Sample weights multiply each
+    position's entropy, and ``"mean"`` divides by their sum."""
+    log_p = torch.log_softmax(logits, dim=axis)
+    p = log_p.exp()
+    absent = p == 0  # a NaN row stays NaN
+    loss = -torch.where(absent, 0.0, p * torch.where(absent, 0.0, log_p)).sum(axis)
+    denominator = loss.numel()
+    if sample_weight is not None:
+        loss, denominator = loss * sample_weight, sample_weight.sum()
+    return _reduce(loss, denominator, reduction)

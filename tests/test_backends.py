@@ -23,9 +23,8 @@ from conftest import to_numpy
 
 import crossent
 from crossent import _dispatch
-from crossent._dispatch import PUBLIC_FUNCTIONS, generic_only, kernels
-from crossent._generic import _binary, _categorical, _divergence, _linear, _softmax, _variants
-from crossent._gradients import ANALYTIC
+from crossent._dispatch import LOSSES, PUBLIC_FUNCTIONS, generic_only, kernels
+from crossent._generic import _binary, _categorical, _linear, _softmax
 
 #: float16 is computed in float32 on both paths: they may round apart by one unit
 TOLERANCE = {"float64": 1e-12, "float32": 1e-6, "float16": 1e-3}
@@ -138,20 +137,8 @@ EXPECTED_KERNELS = {
         _linear.linear_cross_entropy,
         _linear.linear_cross_entropy_value_and_grad,
     },
-    "jax": {
-        _categorical.cross_entropy,
-        _categorical.nll_loss,
-        _categorical.cross_entropy_from_probs,
-        _binary.binary_cross_entropy,
-        _binary.binary_cross_entropy_with_logits,
-        _divergence.kl_div,
-        _linear.linear_cross_entropy,
-        _linear.linear_cross_entropy_value_and_grad,
-        _binary.sigmoid_focal_loss,
-        _binary.multilabel_soft_margin_loss,
-        _variants.softmax_focal_loss,
-        _variants.poly1_cross_entropy,
-    },
+    # every loss, differentiated by its analytic gradient, and linear's own gradient
+    "jax": {d.generic for d in LOSSES.values()} | {_linear.linear_cross_entropy_value_and_grad},
     "dask": {
         _softmax.logsumexp,
         _softmax.softmax,
@@ -212,7 +199,7 @@ def _parameters(func):
 
 def _dispatched():
     """Every generic function that the dispatcher is asked for."""
-    return set(PUBLIC_FUNCTIONS) | {analytic.value_and_grad for analytic in ANALYTIC.values()}
+    return set(PUBLIC_FUNCTIONS) | {d.value_and_grad for d in LOSSES.values()}
 
 
 @pytest.mark.parametrize("module", _backend_modules(), ids=lambda m: m.__name__)
@@ -249,31 +236,44 @@ def test_each_public_function_dispatches_its_generic_function(generic, monkeypat
 
     monkeypatch.setattr(_dispatch, "kernels", lambda xp: Recorder())
     func = PUBLIC_FUNCTIONS[generic]
-    probs = np.array([[0.25, 0.75], [0.5, 0.5]])
-    arguments = {
-        "logsumexp": (probs,),
-        "softmax": (probs,),
-        "log_softmax": (probs,),
-        "log_sigmoid": (probs,),
-        "cross_entropy": (probs, np.array([0, 1])),
-        "nll_loss": (np.log(probs), np.array([0, 1])),
-        "cross_entropy_from_probs": (probs, np.array([0, 1])),
-        "binary_cross_entropy": (probs, probs),
-        "binary_cross_entropy_with_logits": (probs, probs),
-        "sigmoid_focal_loss": (probs, probs),
-        "multilabel_soft_margin_loss": (probs, probs),
-        "kl_div": (np.log(probs), probs),
-        "linear_cross_entropy": (probs, probs, np.array([0, 1])),
-        "softmax_focal_loss": (probs, np.array([0, 1])),
-        "poly1_cross_entropy": (probs, np.array([0, 1])),
-    }
-    func(*arguments[func.__name__])
+    arguments = _tiny_arguments(func)
+    func(*arguments)
     assert asked == [generic]
     asked.clear()
-    analytic = ANALYTIC.get(func)
-    if analytic is not None:
-        crossent.value_and_grad(func)(*arguments[func.__name__])
-        assert asked == [analytic.value_and_grad]
+    declared = LOSSES.get(func.__name__)
+    if declared is not None:
+        crossent.value_and_grad(func)(*arguments)
+        assert asked == [declared.value_and_grad]
+
+
+_PROBS = np.array([[0.25, 0.75], [0.5, 0.5]])
+#: A small argument of each name a public function takes positionally.
+_TINY = {
+    "x": _PROBS,
+    "logits": _PROBS,
+    "probs": _PROBS,
+    "log_probs": np.log(_PROBS),
+    "input": _PROBS,
+    "hidden": _PROBS,
+    "weight": _PROBS,
+    "bias": None,
+}
+
+
+def _tiny_arguments(func):
+    """Positional arguments for ``func``, from their names: a target holds class indices for a
+    categorical loss (and a linear layer's), probabilities for the others."""
+    declared = LOSSES.get(func.__name__)
+    indices = declared is not None and declared.family in ("categorical", "linear")
+    arguments = []
+    for p in inspect.signature(func).parameters.values():
+        if p.kind is not p.POSITIONAL_OR_KEYWORD or p.default is not p.empty:
+            break
+        if p.name == "target":
+            arguments.append(np.array([0, 1]) if indices else _PROBS)
+        else:
+            arguments.append(_TINY[p.name])
+    return tuple(arguments)
 
 
 def test_direct_calls_take_the_public_signatures():

@@ -166,7 +166,7 @@ def test_every_autograd_route_rounds_once(case, dtype, xp, to_xp):
     if case.name == "cross_entropy_from_probs" and options.get("eps") is None:
         options["eps"] = float(np.finfo(np.float16).eps) if dtype == "float16" else 2.0**-7
     func = getattr(crossent, case.name)
-    exact = to_numpy(crossent.grad(func)(to_xp(rounded), args[1], **options))
+    exact = to_numpy(crossent.grad(func)(to_xp(rounded), *args[1:], **options))
     scale = np.abs(exact[np.isfinite(exact)]).max(initial=0.0)
     # half a unit in the last place of each exact entry (a subnormal's is the smallest's)
     magnitude = np.maximum(np.abs(np.nan_to_num(exact)), 2.0**-200)

@@ -267,6 +267,12 @@ CASES = [
         crossent.kl_div,
         lambda r: (np.log(_softmax(_logits(r))), _softmax(_logits(r))),
     ),
+    Case("entropy", crossent.entropy, lambda r: (_logits(r),)),
+    Case(
+        "entropy-sample_weight",
+        lambda x, s, **kw: crossent.entropy(x, sample_weight=s, **kw),
+        lambda r: (_logits(r), r.uniform(0.0, 2.0, N)),
+    ),
 ]
 
 

@@ -60,12 +60,13 @@ def test_vmap_of_grad_equals_each_example_alone(index, case, xp, to_xp, assert_c
     func = getattr(crossent, case.name)
     batch = to_xp(_batch(case))
 
-    def summed(pred, target):
-        return func(pred, target, **options).sum()
+    def summed(pred, *target):
+        return func(pred, *target, **options).sum()
 
-    per_example = vmap(grad(summed), in_dims=(0, None))(batch, args[1])
+    rest = args[1:]  # the target, where the loss has one
+    per_example = vmap(grad(summed), in_dims=(0, *[None] * len(rest)))(batch, *rest)
     for k in range(COPIES):
-        expected = crossent.grad(func)(batch[k, ...], args[1], **options)
+        expected = crossent.grad(func)(batch[k, ...], *rest, **options)
         assert_close(per_example[k, ...], to_numpy(expected), atol=1e-15)
 
 

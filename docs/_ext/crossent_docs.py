@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import sys
 import time
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT / "backends"))
 import matrix  # noqa: E402
 
 import crossent  # noqa: E402
+from crossent._dispatch import FAMILIES, LOSSES  # noqa: E402
 
 YES, NO, NOT_HERE, NONE = "yes", "**no**", "not run here", "—"
 
@@ -134,6 +136,7 @@ def _probe(spec: matrix.Session) -> dict[str, str]:
     out["distributed"] = spec.distributed.replace("`", "``")
     out["linear_cross_entropy"] = _probe_linear(spec, module)
     out["variants"] = _probe_variants(module)
+    out["every loss"] = _probe_losses(module)
     return out
 
 
@@ -146,6 +149,7 @@ _CAPABILITIES = [
     "distributed",
     "linear_cross_entropy",
     "variants",
+    "every loss",
 ]
 
 _HIDDEN = np.array([[0.5, -1.0], [2.0, 0.25], [-0.5, 1.5]])
@@ -255,6 +259,54 @@ def _variant_calls(module: Any) -> list[tuple[Any, tuple[Any, ...], dict[str, An
             {"softcap": 5.0, "z_loss": 1e-3, "sample_weight": module.asarray(_SAMPLE_WEIGHT)},
         ),
     ]
+
+
+def _declared_arguments(name: str, asarray: Any) -> tuple[Any, ...]:
+    """Positional arguments of the declared loss ``name``, from its parameters' names and its
+    family: a categorical loss (and a linear layer's) reads class indices, the others labels
+    or probabilities."""
+    shifted = _LOGITS - _LOGITS.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    probs = np.exp(log_probs)
+    family = LOSSES[name].family
+    targets = {"categorical": _TARGET, "linear": _TARGET, "binary": _MULTI_LABEL}
+    values = {
+        "logits": _LOGITS,
+        "probs": np.clip(probs, 0.05, 0.95),
+        "log_probs": log_probs,
+        "hidden": _LOGITS,
+        "weight": np.eye(3) + 0.25,
+        "target": targets.get(family, probs),
+    }
+    arguments = []
+    for parameter in inspect.signature(LOSSES[name].public).parameters.values():
+        if parameter.kind is not parameter.POSITIONAL_OR_KEYWORD:
+            break
+        if parameter.default is parameter.empty:
+            arguments.append(asarray(values[parameter.name]))
+    return tuple(arguments)
+
+
+def _probe_losses(module: Any) -> str:
+    """Every declared loss (``crossent._dispatch.LOSSES``): its value and analytic gradient on
+    this backend against NumPy's, which the test sessions check against torch."""
+    failed = []
+    for name, declared in LOSSES.items():
+        step = crossent.value_and_grad(declared.public)
+        expected = step(*_declared_arguments(name, np.asarray))
+        try:
+            found = step(*_declared_arguments(name, module.asarray))
+            ok = all(
+                np.allclose(_to_numpy(a), b, rtol=1e-10, atol=1e-15, equal_nan=True)
+                for a, b in zip(found, expected, strict=True)
+            )
+        except Exception:  # a failure is a row of the table, not a broken build
+            ok = False
+        if not ok:
+            failed.append(f"``{name}``")
+    if failed:
+        return f"{NO}: " + ", ".join(failed)
+    return f"{YES} ({len(LOSSES)})"
 
 
 def _probe_variants(module: Any) -> str:
@@ -415,7 +467,41 @@ def _extra(peak: int | None, output: int) -> int | None:
     return None if peak is None else max(0, peak - output)
 
 
+# --- The API page -------------------------------------------------------------------------------
+
+
+class Losses(_TableDirective):
+    """``.. losses:: FAMILY``: the autosummary of every loss of one family, as declared
+    (``crossent._dispatch.LOSSES``), in the order of declaration."""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        family = self.arguments[0]
+        if family not in FAMILIES:
+            raise self.error(f"no family {family!r}: the families are {', '.join(FAMILIES)}")
+        names = [name for name, declared in LOSSES.items() if declared.family == family]
+        lines = [".. autosummary::", "   :toctree: generated/", "   :nosignatures:", ""]
+        return self.render(lines + [f"   {name}" for name in names])
+
+
+def _write_loss_pages(app: Sphinx) -> None:
+    """The page of each declared loss, as autosummary writes those it finds in the sources
+    (which do not hold the names a ``losses`` directive lists)."""
+    folder = Path(app.srcdir) / "api" / "generated"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in LOSSES:
+        title = f"crossent.{name}".replace("_", "\\_")
+        text = f"{title}\n{'=' * len(title)}\n\n.. currentmodule:: crossent\n\n"
+        text += f".. autofunction:: {name}\n"
+        page = folder / f"crossent.{name}.rst"
+        if not page.exists() or page.read_text() != text:
+            page.write_text(text)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("builder-inited", _write_loss_pages)
+    app.add_directive("losses", Losses)
     app.add_directive("support-matrix", SupportMatrix)
     app.add_directive("benchmark-results", BenchmarkResults)
     app.add_directive("benchmark-machine", BenchmarkMachine)

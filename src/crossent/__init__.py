@@ -12,11 +12,14 @@ from ._binary import (
     sigmoid_focal_loss,
 )
 from ._categorical import cross_entropy, cross_entropy_from_probs, nll_loss
-from ._divergence import kl_div
-from ._gradients import grad, value_and_grad
+from ._divergence import entropy, kl_div
 from ._linear import linear_cross_entropy
 from ._softmax import log_sigmoid, log_softmax, logsumexp, softmax
 from ._variants import poly1_cross_entropy, softmax_focal_loss
+
+# isort: split
+# last: the declarations of the losses above fill the list its docstrings give
+from ._gradients import grad, value_and_grad
 
 __version__ = "0.1.0"
 
@@ -26,6 +29,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "cross_entropy_from_probs",
+    "entropy",
     "grad",
     "kl_div",
     "linear_cross_entropy",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ._dispatch import dispatch, public_function
+from ._dispatch import loss
 from ._generic import _binary as generic
 from ._generic._arrays import is_eager
 from ._generic._problems import Pointwise, prepare_pointwise
@@ -29,7 +29,11 @@ __all__ = [
 ]
 
 
-@public_function(generic.binary_cross_entropy)
+@loss(
+    family="binary",
+    generic=generic.binary_cross_entropy,
+    value_and_grad=generic.binary_cross_entropy_value_and_grad,
+)
 def binary_cross_entropy(
     probs: Array,
     target: Array,
@@ -37,7 +41,7 @@ def binary_cross_entropy(
     weight: Array | None = None,
     reduction: str = "mean",
     eps: float | None = None,
-) -> Array:
+) -> tuple[Pointwise, tuple[float | None]]:
     r"""Binary cross-entropy between probabilities and targets, elementwise.
 
     .. math::
@@ -95,27 +99,21 @@ def binary_cross_entropy(
     >>> binary_cross_entropy(probs, target, reduction="none", eps=1e-7)
     array([ 0.10536052,  0.22314355, 16.11809565])
     """
-    p, options = prepare_binary_cross_entropy(
-        probs, target, weight=weight, reduction=reduction, eps=eps
-    )
-    return dispatch(p.xp, generic.binary_cross_entropy, p, *options)
-
-
-def prepare_binary_cross_entropy(
-    probs: Array, target: Array, *, weight: Array | None, reduction: str, eps: float | None
-) -> tuple[Pointwise, tuple[float | None]]:
-    """The checked arguments of :func:`binary_cross_entropy`."""
-    p = prepare_pointwise(
+    problem = prepare_pointwise(
         "probs", probs, target, reduction=reduction, weight=weight, label_target=True
     )
     clip = check_eps(eps)
-    if p.eager:
-        check_probabilities(p.xp, "probs", p.pred)
-        check_probabilities(p.xp, "target", p.target)
-    return p, (clip,)
+    if problem.eager:
+        check_probabilities(problem.xp, "probs", problem.pred)
+        check_probabilities(problem.xp, "target", problem.target)
+    return problem, (clip,)
 
 
-@public_function(generic.binary_cross_entropy_with_logits)
+@loss(
+    family="binary",
+    generic=generic.binary_cross_entropy_with_logits,
+    value_and_grad=generic.binary_cross_entropy_with_logits_value_and_grad,
+)
 def binary_cross_entropy_with_logits(
     logits: Array,
     target: Array,
@@ -123,7 +121,7 @@ def binary_cross_entropy_with_logits(
     weight: Array | None = None,
     pos_weight: Array | None = None,
     reduction: str = "mean",
-) -> Array:
+) -> tuple[Pointwise, tuple[()]]:
     r"""Binary cross-entropy of the sigmoid of logits, computed stably from the logits.
 
     With positive-class weight :math:`q` (``pos_weight``, 1 by default),
@@ -182,22 +180,7 @@ def binary_cross_entropy_with_logits(
     >>> binary_cross_entropy_with_logits(logits, target, reduction="none")
     array([4.85873516e-02, 3.13261688e-01, 1.00000000e+04])
     """
-    p, options = prepare_binary_cross_entropy_with_logits(
-        logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction
-    )
-    return dispatch(p.xp, generic.binary_cross_entropy_with_logits, p, *options)
-
-
-def prepare_binary_cross_entropy_with_logits(
-    logits: Array,
-    target: Array,
-    *,
-    weight: Array | None,
-    pos_weight: Array | None,
-    reduction: str,
-) -> tuple[Pointwise, tuple[()]]:
-    """The checked arguments of :func:`binary_cross_entropy_with_logits`."""
-    p = prepare_pointwise(
+    problem = prepare_pointwise(
         "logits",
         logits,
         target,
@@ -206,10 +189,14 @@ def prepare_binary_cross_entropy_with_logits(
         pos_weight=pos_weight,
         label_target=True,
     )
-    return p, ()
+    return problem, ()
 
 
-@public_function(generic.sigmoid_focal_loss)
+@loss(
+    family="binary",
+    generic=generic.sigmoid_focal_loss,
+    value_and_grad=generic.sigmoid_focal_loss_value_and_grad,
+)
 def sigmoid_focal_loss(
     logits: Array,
     target: Array,
@@ -218,7 +205,7 @@ def sigmoid_focal_loss(
     gamma: float = 2.0,
     reduction: str = "mean",
     sample_weight: Array | None = None,
-) -> Array:
+) -> tuple[Pointwise, tuple[float | None, float]]:
     r"""Focal loss of the sigmoid of logits: well-classified elements count less.
 
     With :math:`\sigma(x)` the sigmoid and :math:`\operatorname{ce}(x, t)` the elementwise
@@ -293,43 +280,25 @@ def sigmoid_focal_loss(
     >>> sigmoid_focal_loss(logits, target, alpha=None, gamma=0.0, reduction="none")
     array([4.85873516e-02, 3.13261688e-01, 0.00000000e+00, 1.00000000e+04])
     """
-    p, options = prepare_sigmoid_focal_loss(
-        logits,
-        target,
-        alpha=alpha,
-        gamma=gamma,
-        reduction=reduction,
-        sample_weight=sample_weight,
-    )
-    return dispatch(p.xp, generic.sigmoid_focal_loss, p, *options)
-
-
-def prepare_sigmoid_focal_loss(
-    logits: Array,
-    target: Array,
-    *,
-    alpha: float | None,
-    gamma: float,
-    reduction: str,
-    sample_weight: Array | None,
-) -> tuple[Pointwise, tuple[float | None, float]]:
-    """The checked arguments of :func:`sigmoid_focal_loss`: a problem whose ``weight`` holds the
-    sample weights, and ``(alpha, gamma)``, ``alpha`` None where it weighs nothing."""
     get_namespace(("logits", logits), ("target", target), ("sample_weight", sample_weight))
-    p = prepare_pointwise("logits", logits, target, reduction=reduction, label_target=True)
+    problem = prepare_pointwise("logits", logits, target, reduction=reduction, label_target=True)
     options = (check_alpha(alpha), check_gamma(gamma))
     if sample_weight is not None:
-        check_real_floating(p.xp, "sample_weight", sample_weight)
+        check_real_floating(problem.xp, "sample_weight", sample_weight)
         check_broadcasts_to("sample_weight", sample_weight, tuple(logits.shape), "logits")
-        p = dataclasses.replace(
-            p,
-            weight=p.xp.astype(sample_weight, p.compute_dtype, copy=False),
-            eager=p.eager and is_eager(sample_weight),
+        problem = dataclasses.replace(
+            problem,
+            weight=problem.xp.astype(sample_weight, problem.compute_dtype, copy=False),
+            eager=problem.eager and is_eager(sample_weight),
         )
-    return p, options
+    return problem, options
 
 
-@public_function(generic.multilabel_soft_margin_loss)
+@loss(
+    family="binary",
+    generic=generic.multilabel_soft_margin_loss,
+    value_and_grad=generic.multilabel_soft_margin_loss_value_and_grad,
+)
 def multilabel_soft_margin_loss(
     logits: Array,
     target: Array,
@@ -337,7 +306,7 @@ def multilabel_soft_margin_loss(
     weight: Array | None = None,
     reduction: str = "mean",
     sample_weight: Array | None = None,
-) -> Array:
+) -> tuple[generic.MultiLabel, tuple[()]]:
     r"""Multi-label one-versus-all loss: each label's cross-entropy, averaged per position.
 
     For an example of :math:`C` labels,
@@ -401,21 +370,6 @@ def multilabel_soft_margin_loss(
     >>> multilabel_soft_margin_loss(logits, target, weight=np.array([1.0, 2.0, 0.5]))
     array(0.25209647)
     """
-    p, options = prepare_multilabel_soft_margin_loss(
-        logits, target, weight=weight, reduction=reduction, sample_weight=sample_weight
-    )
-    return dispatch(p.xp, generic.multilabel_soft_margin_loss, p, *options)
-
-
-def prepare_multilabel_soft_margin_loss(
-    logits: Array,
-    target: Array,
-    *,
-    weight: Array | None,
-    reduction: str,
-    sample_weight: Array | None,
-) -> tuple[generic.MultiLabel, tuple[()]]:
-    """The checked arguments of :func:`multilabel_soft_margin_loss`."""
     xp = get_namespace(
         ("logits", logits),
         ("target", target),
@@ -429,7 +383,7 @@ def prepare_multilabel_soft_margin_loss(
             "logits must have at least one dimension, the labels (shape (N, C) or (C,)); "
             "got shape ()"
         )
-    p = prepare_pointwise(
+    problem = prepare_pointwise(
         "logits", logits, target, reduction=reduction, weight=weight, label_target=True
     )
     if sample_weight is not None:
@@ -441,7 +395,7 @@ def prepare_multilabel_soft_margin_loss(
                 f"per example: a shape that broadcasts to {shape_str(positions)}, that of "
                 f"logits {shape_str(shape)} without its last axis, the labels"
             )
-        sample_weight = xp.astype(sample_weight, p.compute_dtype, copy=False)
-    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
-    fields["eager"] = p.eager and is_eager(sample_weight)
+        sample_weight = xp.astype(sample_weight, problem.compute_dtype, copy=False)
+    fields = {f.name: getattr(problem, f.name) for f in dataclasses.fields(problem)}
+    fields["eager"] = problem.eager and is_eager(sample_weight)
     return generic.MultiLabel(**fields, sample_weight=sample_weight), ()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._dispatch import dispatch, public_function, sharded
+from ._dispatch import loss
 from ._generic import _categorical as generic
 from ._generic import _sharded
 from ._generic._problems import Classes, prepare_classes
@@ -25,7 +25,12 @@ _SHAPE_NOTES = """
 """
 
 
-@public_function(generic.cross_entropy)
+@loss(
+    family="categorical",
+    generic=generic.cross_entropy,
+    value_and_grad=generic.cross_entropy_value_and_grad,
+    sharded=_sharded.cross_entropy,
+)
 def cross_entropy(
     logits: Array,
     target: Array,
@@ -39,7 +44,7 @@ def cross_entropy(
     z_loss: float = 0.0,
     sample_weight: Array | None = None,
     process_group: object = None,
-) -> Array:
+) -> tuple[Classes, tuple[float]]:
     r"""Cross-entropy between logits and a target of class indices or class probabilities.
 
     With class indices :math:`y_n` and class weights :math:`w` (all ones by default), the loss of
@@ -159,55 +164,6 @@ def cross_entropy(
     array(0.59949173)
     """
     if process_group is not None:
-        _sharded.refuse_options(
-            "cross_entropy", softcap=softcap, z_loss=z_loss, sample_weight=sample_weight
-        )
-        return sharded(
-            _sharded.cross_entropy,
-            process_group,
-            prepare_cross_entropy,
-            logits,
-            target,
-            axis=axis,
-            weight=weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-        )
-    p, options = prepare_cross_entropy(
-        logits,
-        target,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        softcap=softcap,
-        z_loss=z_loss,
-        sample_weight=sample_weight,
-    )
-    return dispatch(p.xp, generic.cross_entropy, p, *options)
-
-
-def prepare_cross_entropy(
-    logits: Array,
-    target: Array,
-    *,
-    axis: int,
-    weight: Array | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    softcap: float | None = None,
-    z_loss: float = 0.0,
-    sample_weight: Array | None = None,
-    process_group: object = None,
-) -> tuple[Classes, tuple[float]]:
-    """The checked arguments of :func:`cross_entropy`: the problem and its options.
-
-    ``process_group`` is the group's :class:`~._generic._sharded.Collectives` where the
-    dispatcher prepares a sharded call (a :class:`~._generic._sharded.ShardedClasses`)."""
-    if process_group is not None:
         group = _sharded.collectives("cross_entropy", process_group)
         sharded_problem = _sharded.prepare_classes(
             logits,
@@ -219,7 +175,7 @@ def prepare_cross_entropy(
             reduction=reduction,
         )
         return sharded_problem, (check_unit_interval("label_smoothing", label_smoothing),)
-    p = prepare_classes(
+    problem = prepare_classes(
         "logits",
         logits,
         target,
@@ -232,10 +188,14 @@ def prepare_cross_entropy(
         softcap=softcap,
         z_loss=z_loss,
     )
-    return p, (check_unit_interval("label_smoothing", label_smoothing),)
+    return problem, (check_unit_interval("label_smoothing", label_smoothing),)
 
 
-@public_function(generic.nll_loss)
+@loss(
+    family="categorical",
+    generic=generic.nll_loss,
+    value_and_grad=generic.nll_loss_value_and_grad,
+)
 def nll_loss(
     log_probs: Array,
     target: Array,
@@ -245,7 +205,7 @@ def nll_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     sample_weight: Array | None = None,
-) -> Array:
+) -> tuple[Classes, tuple[()]]:
     r"""Negative log-likelihood of class indices under given log-probabilities.
 
     .. math::
@@ -299,30 +259,7 @@ def nll_loss(
     >>> nll_loss(log_probs, np.array([0, 2]), reduction="none")
     array([0.69314718, 0.22314355])
     """
-    p, options = prepare_nll_loss(
-        log_probs,
-        target,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        sample_weight=sample_weight,
-    )
-    return dispatch(p.xp, generic.nll_loss, p, *options)
-
-
-def prepare_nll_loss(
-    log_probs: Array,
-    target: Array,
-    *,
-    axis: int,
-    weight: Array | None,
-    ignore_index: int,
-    reduction: str,
-    sample_weight: Array | None = None,
-) -> tuple[Classes, tuple[()]]:
-    """The checked arguments of :func:`nll_loss`."""
-    p = prepare_classes(
+    problem = prepare_classes(
         "log_probs",
         log_probs,
         target,
@@ -333,10 +270,14 @@ def prepare_nll_loss(
         probability_target=False,
         sample_weight=sample_weight,
     )
-    return p, ()
+    return problem, ()
 
 
-@public_function(generic.cross_entropy_from_probs)
+@loss(
+    family="categorical",
+    generic=generic.cross_entropy_from_probs,
+    value_and_grad=generic.cross_entropy_from_probs_value_and_grad,
+)
 def cross_entropy_from_probs(
     probs: Array,
     target: Array,
@@ -347,7 +288,7 @@ def cross_entropy_from_probs(
     ignore_index: int = -100,
     reduction: str = "mean",
     sample_weight: Array | None = None,
-) -> Array:
+) -> tuple[Classes, tuple[float]]:
     r"""Cross-entropy of probabilities, clipped away from 0 and 1 as scikit-learn does.
 
     .. math::
@@ -409,32 +350,7 @@ def cross_entropy_from_probs(
     >>> cross_entropy_from_probs(probs, np.array([0, 1, 1]), reduction="none")
     array([ 0.10536052,  0.22314355, 36.04365339])
     """
-    p, options = prepare_cross_entropy_from_probs(
-        probs,
-        target,
-        axis=axis,
-        eps=eps,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        sample_weight=sample_weight,
-    )
-    return dispatch(p.xp, generic.cross_entropy_from_probs, p, *options)
-
-
-def prepare_cross_entropy_from_probs(
-    probs: Array,
-    target: Array,
-    *,
-    axis: int,
-    eps: float | None,
-    weight: Array | None,
-    ignore_index: int,
-    reduction: str,
-    sample_weight: Array | None = None,
-) -> tuple[Classes, tuple[float]]:
-    """The checked arguments of :func:`cross_entropy_from_probs`; ``eps`` resolved."""
-    p = prepare_classes(
+    problem = prepare_classes(
         "probs",
         probs,
         target,
@@ -447,10 +363,10 @@ def prepare_cross_entropy_from_probs(
     )
     clip = check_eps(eps)
     if clip is None:
-        clip = float(p.xp.finfo(p.dtype).eps)
-    if p.eager:
-        check_probabilities(p.xp, "probs", p.predictions)
-    return p, (clip,)
+        clip = float(problem.xp.finfo(problem.dtype).eps)
+    if problem.eager:
+        check_probabilities(problem.xp, "probs", problem.predictions)
+    return problem, (clip,)
 
 
 for _public in (cross_entropy, nll_loss, cross_entropy_from_probs):

@@ -1,6 +1,8 @@
 """The dispatcher: each call runs a backend kernel where one is registered, else the generic path.
 
-A public function prepares its arguments, then calls ``dispatch(xp, generic, *args)``, where
+Each loss is declared once, by :func:`loss` on its public function (a :class:`Loss` record in
+:data:`LOSSES`); every list of losses derives from those records. A public function prepares
+its arguments, then calls ``dispatch(xp, generic, *args)``, where
 ``generic`` is the standard-only function of ``crossent._generic`` that computes it. Each
 backend module of ``crossent._backends`` declares ``KERNELS``, a dict from generic functions to
 the kernels that replace them on its arrays, with the same arguments. A kernel may return
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from array_api_compat import (
@@ -30,20 +34,28 @@ from array_api_compat import (
 )
 
 from ._generic._arrays import torch_compiling
-from ._typing import Namespace
+from ._generic._sharded import refuse_options
+from ._typing import Array, Namespace
 
 __all__ = [
+    "FAMILIES",
+    "LOSSES",
     "PUBLIC_FUNCTIONS",
+    "Loss",
+    "declaration",
     "dispatch",
     "entry",
     "generic_only",
     "kernels",
+    "loss",
     "on_accelerator",
     "public_function",
-    "sharded",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+#: What a loss's preparation returns: the checked problem and the generic pass's options.
+Prepared = tuple[Any, tuple[Any, ...]]
 #: A kernel table: generic function -> the backend's replacement for it.
 Kernels = Mapping[Callable[..., Any], Callable[..., Any]]
 
@@ -104,7 +116,7 @@ def _load_kernels(xp: Namespace) -> Kernels:
     if is_jax_namespace(xp):
         from ._backends import _jax
 
-        return _jax.KERNELS
+        return _jax.kernels((d.generic, d.value_and_grad) for d in LOSSES.values())
     if is_numpy_namespace(xp):
         from ._backends import _numpy
 
@@ -150,6 +162,97 @@ def public_function(generic: Callable[..., Any]) -> Callable[[F], F]:
         wrapper = entry(generic)(func)
         PUBLIC_FUNCTIONS[generic] = wrapper
         return wrapper
+
+    return decorate
+
+
+#: The families of losses, in the order the API page gives them: the page has a section each.
+FAMILIES = ("categorical", "linear", "binary", "divergence")
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One loss, as :func:`loss` declares it. Every list of losses reads these records: the
+    gradient registry of :func:`crossent.value_and_grad`, the JAX ``custom_jvp`` table, the
+    docs' lists and support matrix, and the tests' lists."""
+
+    #: The public function.
+    public: Callable[..., Array]
+    #: Its family, one of :data:`FAMILIES`: the section of the API page that lists it.
+    family: str
+    #: The generic loss of a prepared problem, ``generic(problem, *options)``; backends
+    #: register kernels for it.
+    generic: Callable[..., Array]
+    #: The generic ``(loss, gradient)`` of a prepared problem; backends may register kernels
+    #: for it too.
+    value_and_grad: Callable[..., tuple[Array, Any]]
+    #: Checks the public function's arguments, given as the caller gave them, and returns the
+    #: problem and its options (the body of the declared function).
+    prepare: Callable[..., Prepared]
+    #: The arguments it is differentiated in, by name; () for the first alone. With several,
+    #: ``value_and_grad`` takes one more argument, which of them to compute (a bool each),
+    #: and returns their gradients as a tuple, None for those not asked for.
+    arguments: tuple[str, ...] = ()
+    #: The function of ``crossent._generic._sharded`` that computes it over a
+    #: ``process_group``, or None where it takes none.
+    sharded: Callable[..., Array] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.public.__name__
+
+
+#: Every loss, by name, in the order of declaration.
+LOSSES: dict[str, Loss] = {}
+
+
+def declaration(func: object) -> Loss | None:
+    """The declaration of the public loss ``func``, or None for anything else."""
+    found = LOSSES.get(getattr(func, "__name__", ""))
+    return found if found is not None and found.public is func else None
+
+
+def loss(
+    *,
+    family: str,
+    generic: Callable[..., Array],
+    value_and_grad: Callable[..., tuple[Array, Any]],
+    arguments: tuple[str, ...] = (),
+    sharded: Callable[..., Array] | None = None,
+) -> Callable[[Callable[P, Prepared]], Callable[P, Array]]:
+    """Declare a loss: decorate the function whose signature and docstring are the public
+    loss's, and whose body checks the arguments and returns ``(problem, options)``. The
+    decorated function is the public loss: it dispatches ``generic(problem, *options)``, and
+    with a ``process_group`` (where ``sharded`` is given) the sharded computation. Its record
+    goes into :data:`LOSSES` and :data:`PUBLIC_FUNCTIONS`."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+    def decorate(prepare: Callable[P, Prepared]) -> Callable[P, Array]:
+        name = prepare.__name__
+
+        def compute(*args: Any, **kwargs: Any) -> Any:
+            group = kwargs.get("process_group") if sharded is not None else None
+            if group is not None:
+                assert sharded is not None
+                rest = {k: v for k, v in kwargs.items() if k != "process_group"}
+                return _sharded_call(name, sharded, group, prepare, *args, **rest)
+            problem, options = prepare(*args, **kwargs)
+            return dispatch(problem.xp, generic, problem, *options)
+
+        functools.update_wrapper(compute, prepare)
+        public = entry(generic)(compute)
+        # the public signature: the preparation's, returning the loss
+        signature = inspect.signature(prepare)
+        public.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation="Array"
+        )
+        del public.__wrapped__  # type: ignore[attr-defined]
+        if name in LOSSES:
+            raise ValueError(f"the loss {name} is declared twice")
+        LOSSES[name] = Loss(public, family, generic, value_and_grad, prepare, arguments, sharded)
+        PUBLIC_FUNCTIONS[generic] = public
+        return public
 
     return decorate
 
@@ -214,10 +317,11 @@ def _is_torch_tensor(x: object) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def sharded(
+def _sharded_call(
+    name: str,
     generic: Callable[..., Any],
     process_group: object,
-    prepare: Callable[..., tuple[Any, tuple[Any, ...]]],
+    prepare: Callable[..., Prepared],
     /,
     *args: Any,
     **kwargs: Any,
@@ -227,6 +331,7 @@ def sharded(
     ``kwargs``: ``prepare(*args, process_group=collectives, **kwargs)`` checks them, with the
     group's collectives, and the backend's kernel computes the loss. ``torch.distributed`` is
     the one backend (``_backends._torch_distributed``): other arrays are refused."""
+    refuse_options(name, kwargs)
     if not (args and _is_torch_tensor(args[0])):
         kind = type(args[0]) if args else type(None)
         raise TypeError(

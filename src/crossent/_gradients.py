@@ -10,107 +10,28 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from ._binary import (
-    binary_cross_entropy,
-    binary_cross_entropy_with_logits,
-    multilabel_soft_margin_loss,
-    prepare_binary_cross_entropy,
-    prepare_binary_cross_entropy_with_logits,
-    prepare_multilabel_soft_margin_loss,
-    prepare_sigmoid_focal_loss,
-    sigmoid_focal_loss,
-)
-from ._categorical import (
-    cross_entropy,
-    cross_entropy_from_probs,
-    nll_loss,
-    prepare_cross_entropy,
-    prepare_cross_entropy_from_probs,
-    prepare_nll_loss,
-)
-from ._dispatch import dispatch, entry
-from ._divergence import kl_div, prepare_kl_div
-from ._generic import _binary, _categorical, _divergence, _linear, _variants
-from ._linear import linear_cross_entropy, prepare_linear_cross_entropy
+from ._dispatch import LOSSES, Loss, declaration, dispatch, entry
+from ._docstrings import fill
 from ._typing import Array
-from ._variants import (
-    poly1_cross_entropy,
-    prepare_poly1_cross_entropy,
-    prepare_softmax_focal_loss,
-    softmax_focal_loss,
-)
 
 __all__ = ["grad", "value_and_grad"]
 
 
-@dataclass(frozen=True)
-class _Analytic:
-    """How to differentiate one public loss."""
-
-    #: Checks the loss's arguments, given by name, and returns ``(problem, options)``.
-    prepare: Callable[..., tuple[Any, tuple[Any, ...]]]
-    #: The generic ``(loss, gradient)`` of a prepared problem; backends may register kernels
-    #: for it.
-    value_and_grad: Callable[..., tuple[Array, Any]]
-    #: The arguments it differentiates in, by name. With one, its gradient is the second item
-    #: of ``value_and_grad``'s result; with several, ``value_and_grad`` takes one more
-    #: argument, which of them to compute (a bool each), and returns their gradients as a
-    #: tuple, None for those not asked for.
-    arguments: tuple[str, ...] = ()
-
-
-ANALYTIC: dict[Callable[..., Array], _Analytic] = {
-    cross_entropy: _Analytic(prepare_cross_entropy, _categorical.cross_entropy_value_and_grad),
-    nll_loss: _Analytic(prepare_nll_loss, _categorical.nll_loss_value_and_grad),
-    cross_entropy_from_probs: _Analytic(
-        prepare_cross_entropy_from_probs, _categorical.cross_entropy_from_probs_value_and_grad
-    ),
-    binary_cross_entropy: _Analytic(
-        prepare_binary_cross_entropy, _binary.binary_cross_entropy_value_and_grad
-    ),
-    binary_cross_entropy_with_logits: _Analytic(
-        prepare_binary_cross_entropy_with_logits,
-        _binary.binary_cross_entropy_with_logits_value_and_grad,
-    ),
-    sigmoid_focal_loss: _Analytic(
-        prepare_sigmoid_focal_loss, _binary.sigmoid_focal_loss_value_and_grad
-    ),
-    multilabel_soft_margin_loss: _Analytic(
-        prepare_multilabel_soft_margin_loss, _binary.multilabel_soft_margin_loss_value_and_grad
-    ),
-    kl_div: _Analytic(prepare_kl_div, _divergence.kl_div_value_and_grad),
-    linear_cross_entropy: _Analytic(
-        prepare_linear_cross_entropy,
-        _linear.linear_cross_entropy_value_and_grad,
-        ("hidden", "weight", "bias"),
-    ),
-    softmax_focal_loss: _Analytic(
-        prepare_softmax_focal_loss, _variants.softmax_focal_loss_value_and_grad
-    ),
-    poly1_cross_entropy: _Analytic(
-        prepare_poly1_cross_entropy, _variants.poly1_cross_entropy_value_and_grad
-    ),
-}
-
-
-def _analytic(fn: object, caller: str) -> _Analytic:
-    try:
-        return ANALYTIC[fn]  # type: ignore[index]
-    except (KeyError, TypeError):
-        supported = ", ".join(f.__name__ for f in ANALYTIC)
+def _declared(fn: object, caller: str) -> Loss:
+    found = declaration(fn)
+    if found is None:
+        supported = ", ".join(LOSSES)
         name = getattr(fn, "__qualname__", type(fn).__name__)
-        raise TypeError(
-            f"{caller} differentiates crossent's losses ({supported}), got {name}"
-        ) from None
+        raise TypeError(f"{caller} differentiates crossent's losses ({supported}), got {name}")
+    return found
 
 
 def _argument_names(
     fn: Callable[..., Array],
     signature: inspect.Signature,
-    analytic: _Analytic,
+    declared: Loss,
     argnums: object,
 ) -> tuple[str, ...]:
     """The names of the arguments that ``argnums`` picks, checked."""
@@ -122,7 +43,7 @@ def _argument_names(
         for p in signature.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
-    allowed = analytic.arguments or (positional[0],)
+    allowed = declared.arguments or (positional[0],)
     described = ", ".join(f"{n} ({positional.index(n)})" for n in allowed)
     names = []
     for i in numbers:
@@ -141,6 +62,7 @@ def _argument_names(
     return tuple(names)
 
 
+@fill(losses=", ".join(f"``{name}``" for name in LOSSES))
 def value_and_grad(
     fn: Callable[..., Array], argnums: int | tuple[int, ...] = 0
 ) -> Callable[..., tuple[Array, Any]]:
@@ -168,10 +90,7 @@ def value_and_grad(
     Parameters
     ----------
     fn : callable
-        One of crossent's losses: ``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``,
-        ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``,
-        ``sigmoid_focal_loss``, ``multilabel_soft_margin_loss``, ``kl_div``,
-        ``linear_cross_entropy``.
+        One of crossent's losses: %(losses)s.
     argnums : int or tuple of int, default 0
         The positional arguments of ``fn`` to differentiate in: the predictions (0) for every
         loss; for ``linear_cross_entropy`` also ``weight`` (1) and ``bias`` (3). An int gives
@@ -224,23 +143,22 @@ def value_and_grad(
     >>> bool(loss < 0.2), loss.shape
     (True, ())
     """
-    analytic = _analytic(fn, "value_and_grad")
+    declared = _declared(fn, "value_and_grad")
     signature = inspect.signature(fn)
     name = fn.__name__
-    chosen = _argument_names(fn, signature, analytic, argnums)
-    several = analytic.arguments[1:] != ()
-    wanted = tuple(n in chosen for n in analytic.arguments)
+    chosen = _argument_names(fn, signature, declared, argnums)
+    several = declared.arguments[1:] != ()
+    wanted = tuple(n in chosen for n in declared.arguments)
+    generic = declared.value_and_grad
 
-    @entry(analytic.value_and_grad)
+    @entry(generic)
     def loss_and_gradient(*args: Any, **kwargs: Any) -> tuple[Array, Any]:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        problem, options = analytic.prepare(*bound.args, **bound.kwargs)
+        problem, options = declared.prepare(*args, **kwargs)
         if not several:
-            value, gradient = dispatch(problem.xp, analytic.value_and_grad, problem, *options)
+            value, gradient = dispatch(problem.xp, generic, problem, *options)
             return value, gradient if isinstance(argnums, int) else (gradient,)
-        value, gradients = dispatch(problem.xp, analytic.value_and_grad, problem, *options, wanted)
-        found = dict(zip(analytic.arguments, gradients, strict=True))
+        value, gradients = dispatch(problem.xp, generic, problem, *options, wanted)
+        found = dict(zip(declared.arguments, gradients, strict=True))
         for n in chosen:
             if found[n] is None:
                 raise ValueError(

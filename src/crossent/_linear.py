@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._dispatch import dispatch, on_accelerator, public_function, sharded
+from ._dispatch import loss, on_accelerator
 from ._generic import _linear as generic
 from ._generic import _sharded
 from ._generic._arrays import is_eager, reshape
@@ -29,7 +29,13 @@ from ._validation import (
 __all__ = ["linear_cross_entropy"]
 
 
-@public_function(generic.linear_cross_entropy)
+@loss(
+    family="linear",
+    generic=generic.linear_cross_entropy,
+    value_and_grad=generic.linear_cross_entropy_value_and_grad,
+    arguments=("hidden", "weight", "bias"),
+    sharded=_sharded.linear_cross_entropy,
+)
 def linear_cross_entropy(
     hidden: Array,
     weight: Array,
@@ -45,7 +51,7 @@ def linear_cross_entropy(
     sample_weight: Array | None = None,
     chunk_size: int | None = None,
     process_group: object = None,
-) -> Array:
+) -> tuple[Linear, tuple[float]]:
     r"""Cross-entropy of the logits of a linear layer, computed without making the logits.
 
     The value is that of the dense computation,
@@ -169,62 +175,6 @@ def linear_cross_entropy(
     >>> bool(np.isclose(loss, cross_entropy(hidden @ weight.T, target)))
     True
     """
-    if process_group is not None:
-        _sharded.refuse_options(
-            "linear_cross_entropy", softcap=softcap, z_loss=z_loss, sample_weight=sample_weight
-        )
-        return sharded(
-            _sharded.linear_cross_entropy,
-            process_group,
-            prepare_linear_cross_entropy,
-            hidden,
-            weight,
-            target,
-            bias,
-            class_weight=class_weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            chunk_size=chunk_size,
-        )
-    p, options = prepare_linear_cross_entropy(
-        hidden,
-        weight,
-        target,
-        bias,
-        class_weight=class_weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        chunk_size=chunk_size,
-        softcap=softcap,
-        z_loss=z_loss,
-        sample_weight=sample_weight,
-    )
-    return dispatch(p.xp, generic.linear_cross_entropy, p, *options)
-
-
-def prepare_linear_cross_entropy(
-    hidden: Array,
-    weight: Array,
-    target: Array,
-    bias: Array | None = None,
-    *,
-    class_weight: Array | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    chunk_size: int | None,
-    softcap: float | None = None,
-    z_loss: float = 0.0,
-    sample_weight: Array | None = None,
-    process_group: object = None,
-) -> tuple[Linear, tuple[float]]:
-    """The checked arguments of :func:`linear_cross_entropy`: the problem and its options.
-
-    ``process_group`` is the group's :class:`~._generic._sharded.Collectives` where the
-    dispatcher prepares a sharded call: ``weight`` and ``bias`` hold a slice of the classes,
-    and the problem is a :class:`~._generic._sharded.ShardedLinear`."""
     group = None
     if process_group is not None:
         group = _sharded.collectives("linear_cross_entropy", process_group)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._dispatch import dispatch, public_function
+from ._dispatch import loss
 from ._generic import _variants as generic
 from ._generic._problems import Classes, prepare_classes
 from ._typing import Array
@@ -28,7 +28,11 @@ _SHAPE_NOTES = """
 # --- softmax_focal_loss -----------------------------------------------------------------------
 
 
-@public_function(generic.softmax_focal_loss)
+@loss(
+    family="categorical",
+    generic=generic.softmax_focal_loss,
+    value_and_grad=generic.softmax_focal_loss_value_and_grad,
+)
 def softmax_focal_loss(
     logits: Array,
     target: Array,
@@ -39,7 +43,7 @@ def softmax_focal_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     sample_weight: Array | None = None,
-) -> Array:
+) -> tuple[Classes, tuple[float]]:
     r"""Focal loss of a softmax: cross-entropy whose well-classified positions count less.
 
     With class indices :math:`y_n`, class weights :math:`w` (all ones by default) and sample
@@ -130,33 +134,8 @@ def softmax_focal_loss(
     >>> softmax_focal_loss(logits, target, reduction="none")
     array([0.01109275, 0.00118109])
     """
-    p, options = prepare_softmax_focal_loss(
-        logits,
-        target,
-        gamma=gamma,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        sample_weight=sample_weight,
-    )
-    return dispatch(p.xp, generic.softmax_focal_loss, p, *options)
-
-
-def prepare_softmax_focal_loss(
-    logits: Array,
-    target: Array,
-    *,
-    gamma: float,
-    axis: int,
-    weight: Array | None,
-    ignore_index: int,
-    reduction: str,
-    sample_weight: Array | None,
-) -> tuple[Classes, tuple[float]]:
-    """The checked arguments of :func:`softmax_focal_loss`: the problem and ``(gamma,)``."""
     checked = check_gamma(gamma)
-    p = prepare_classes(
+    problem = prepare_classes(
         "logits",
         logits,
         target,
@@ -167,13 +146,17 @@ def prepare_softmax_focal_loss(
         probability_target=True,
         sample_weight=sample_weight,
     )
-    return p, (checked,)
+    return problem, (checked,)
 
 
 # --- poly1_cross_entropy ----------------------------------------------------------------------
 
 
-@public_function(generic.poly1_cross_entropy)
+@loss(
+    family="categorical",
+    generic=generic.poly1_cross_entropy,
+    value_and_grad=generic.poly1_cross_entropy_value_and_grad,
+)
 def poly1_cross_entropy(
     logits: Array,
     target: Array,
@@ -185,7 +168,7 @@ def poly1_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     sample_weight: Array | None = None,
-) -> Array:
+) -> tuple[Classes, tuple[float, float]]:
     r"""Poly-1 loss: cross-entropy plus ``epsilon`` times the first term of its expansion.
 
     :math:`-\log p = \sum_{j \ge 1} (1 - p)^j / j`; Poly-1 [1]_ moves the coefficient of the
@@ -283,37 +266,9 @@ def poly1_cross_entropy(
     >>> poly1_cross_entropy(logits, target, epsilon=-1.0, reduction="none")
     array([0.02690833, 0.00579269])
     """
-    p, options = prepare_poly1_cross_entropy(
-        logits,
-        target,
-        epsilon=epsilon,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        sample_weight=sample_weight,
-    )
-    return dispatch(p.xp, generic.poly1_cross_entropy, p, *options)
-
-
-def prepare_poly1_cross_entropy(
-    logits: Array,
-    target: Array,
-    *,
-    epsilon: float,
-    axis: int,
-    weight: Array | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    sample_weight: Array | None,
-) -> tuple[Classes, tuple[float, float]]:
-    """The checked arguments of :func:`poly1_cross_entropy`: the problem and
-    ``(epsilon, label_smoothing)``."""
     checked = check_epsilon(epsilon)
     smoothing = check_unit_interval("label_smoothing", label_smoothing)
-    p = prepare_classes(
+    problem = prepare_classes(
         "logits",
         logits,
         target,
@@ -324,7 +279,7 @@ def prepare_poly1_cross_entropy(
         probability_target=True,
         sample_weight=sample_weight,
     )
-    return p, (checked, smoothing)
+    return problem, (checked, smoothing)
 
 
 for _public in (softmax_focal_loss, poly1_cross_entropy):

@@ -22,54 +22,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from .._generic import _binary, _categorical, _divergence, _linear, _variants
+from .._generic import _linear
 from .._generic._linear import Linear
-from .._generic._problems import Classes, Pointwise, Problem
+from .._generic._problems import Problem
 from .._typing import Array
 
-__all__ = ["KERNELS"]
-
-#: The floating arrays of each kind of problem that autodiff may reach, besides predictions.
-_OTHERS = {
-    Classes: ("target", "weight", "sample_weight"),
-    Pointwise: ("target", "weight", "pos_weight"),
-    _binary.MultiLabel: ("target", "weight", "pos_weight", "sample_weight"),
-}
-
-
-def _predictions(p: Problem) -> Array:
-    """The predictions in the caller's layout (Classes keeps its class axis last)."""
-    if isinstance(p, Classes):
-        return jnp.moveaxis(p.predictions, -1, p.axis)
-    assert isinstance(p, Pointwise)
-    return p.pred
-
-
-def _rebuild(p: Problem, x: Array, others: dict[str, Array], **changes: Any) -> Problem:
-    if isinstance(p, Classes):
-        return dataclasses.replace(p, predictions=jnp.moveaxis(x, p.axis, -1), **others, **changes)
-    assert isinstance(p, Pointwise)
-    return dataclasses.replace(p, pred=x, **others, **changes)
-
-
-def _contract(p: Problem, gradient: Array, tangent: Array) -> Array:
-    """The loss's tangent from the gradient of the (summed) loss and the predictions' tangent:
-    per position for ``"none"``, a scalar otherwise."""
-    product = gradient * tangent
-    if p.reduction != "none":
-        return jnp.sum(product)
-    if isinstance(p, Classes):
-        return jnp.sum(product, axis=p.axis)
-    if isinstance(p, _binary.MultiLabel):  # one loss per position, over its labels
-        return jnp.sum(product, axis=-1)
-    return product
+__all__ = ["KERNELS", "kernels"]
 
 
 def _analytic(
@@ -78,34 +43,34 @@ def _analytic(
     """The JAX kernel of the generic ``loss``, differentiated with ``value_and_grad``."""
 
     def kernel(p: Problem, *options: Any) -> Array:
-        names = [n for n in _OTHERS[type(p)] if _differentiable(getattr(p, n))]
+        names = [n for n in p.others if _differentiable(getattr(p, n))]
 
         @jax.custom_jvp
         def compute(x: Array, others: dict[str, Array]) -> Array:
-            return loss(_rebuild(p, x, others), *options)
+            return loss(p.with_predictions(x, **others), *options)
 
         def rule(primals: Any, tangents: Any) -> tuple[Array, Array]:
             x, others = primals
             dx, d_others = tangents
             # in the compute dtype (float32 for half precision), rounded once at the end
-            exact = _rebuild(p, x, others, dtype=p.compute_dtype)
+            exact = p.with_predictions(x, **others, dtype=p.compute_dtype)
             value, gradient = value_and_grad(exact, *options)
             out = jnp.zeros(value.shape, value.dtype)
             if not isinstance(dx, SymbolicZero):
-                out = out + _contract(p, gradient, dx.astype(gradient.dtype))
+                out = out + p.contract(gradient, dx.astype(gradient.dtype))
             moved = {n: t for n, t in d_others.items() if not isinstance(t, SymbolicZero)}
             if moved:  # the generic loss's own derivative in them
                 fixed = {n: others[n] for n in names if n not in moved}
 
                 def in_others(chosen: dict[str, Array]) -> Array:
-                    return loss(_rebuild(exact, x, {**fixed, **chosen}), *options)
+                    return loss(exact.with_predictions(x, **fixed, **chosen), *options)
 
                 chosen = {n: others[n] for n in moved}
                 out = out + jax.jvp(in_others, (chosen,), (moved,))[1]
             return value.astype(p.dtype), out.astype(p.dtype)
 
         compute.defjvp(rule, symbolic_zeros=True)
-        result: Array = compute(_predictions(p), {n: getattr(p, n) for n in names})
+        result: Array = compute(p.caller_predictions(), {n: getattr(p, n) for n in names})
         return result
 
     kernel.__name__ = kernel.__qualname__ = loss.__name__
@@ -386,36 +351,18 @@ def linear_cross_entropy_value_and_grad(
     return value, _linear.finish_gradients(p, wanted, *gradients)
 
 
+#: The kernels written here; :func:`kernels` adds the analytic derivative of every other loss.
 KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
-    _categorical.cross_entropy: _analytic(
-        _categorical.cross_entropy, _categorical.cross_entropy_value_and_grad
-    ),
-    _categorical.nll_loss: _analytic(_categorical.nll_loss, _categorical.nll_loss_value_and_grad),
-    _categorical.cross_entropy_from_probs: _analytic(
-        _categorical.cross_entropy_from_probs,
-        _categorical.cross_entropy_from_probs_value_and_grad,
-    ),
-    _binary.binary_cross_entropy: _analytic(
-        _binary.binary_cross_entropy, _binary.binary_cross_entropy_value_and_grad
-    ),
-    _binary.binary_cross_entropy_with_logits: _analytic(
-        _binary.binary_cross_entropy_with_logits,
-        _binary.binary_cross_entropy_with_logits_value_and_grad,
-    ),
-    _binary.sigmoid_focal_loss: _analytic(
-        _binary.sigmoid_focal_loss, _binary.sigmoid_focal_loss_value_and_grad
-    ),
-    _binary.multilabel_soft_margin_loss: _analytic(
-        _binary.multilabel_soft_margin_loss,
-        _binary.multilabel_soft_margin_loss_value_and_grad,
-    ),
-    _divergence.kl_div: _analytic(_divergence.kl_div, _divergence.kl_div_value_and_grad),
     _linear.linear_cross_entropy: linear_cross_entropy,
     _linear.linear_cross_entropy_value_and_grad: linear_cross_entropy_value_and_grad,
-    _variants.softmax_focal_loss: _analytic(
-        _variants.softmax_focal_loss, _variants.softmax_focal_loss_value_and_grad
-    ),
-    _variants.poly1_cross_entropy: _analytic(
-        _variants.poly1_cross_entropy, _variants.poly1_cross_entropy_value_and_grad
-    ),
 }
+
+
+def kernels(
+    losses: Iterable[tuple[Callable[..., Array], Callable[..., tuple[Array, Any]]]],
+) -> dict[Callable[..., Any], Callable[..., Any]]:
+    """The kernel table of JAX arrays, for the ``(generic, value_and_grad)`` pair of every
+    declared loss: each generic loss differentiated by its ``value_and_grad``
+    (:func:`_analytic`), but where :data:`KERNELS` has a kernel of its own."""
+    table = {generic: _analytic(generic, value_and_grad) for generic, value_and_grad in losses}
+    return table | KERNELS

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .._typing import Array, Namespace
 from .._validation import num_elements, outside_unit_interval
@@ -251,6 +252,9 @@ class MultiLabel(Pointwise):
 
     #: Weights that broadcast to the positions' shape, in the compute dtype; or None.
     sample_weight: Array | None = field(default=None, kw_only=True)
+
+    others: ClassVar[tuple[str, ...]] = ("target", "weight", "pos_weight", "sample_weight")
+    position_axes: ClassVar[tuple[int, ...]] = (-1,)
 
     @property
     def num_classes(self) -> int:

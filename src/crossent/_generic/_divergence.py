@@ -1,13 +1,37 @@
-"""The generic Kullback-Leibler divergence, with its gradient from the same pass, on a prepared
-:class:`~._problems.Pointwise`."""
+"""The generic information measures, each with its gradient from the same pass: the
+Kullback-Leibler divergence on a prepared :class:`~._problems.Pointwise`, and the entropy of
+categorical distributions on a prepared :class:`Distributions`."""
 
 from __future__ import annotations
 
-from .._typing import Array
-from ._problems import Pass, Pointwise
-from ._stable import mark_bad
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-__all__ = ["kl_div", "kl_div_pass", "kl_div_value_and_grad"]
+from .._typing import Array
+from .._validation import (
+    check_real_floating,
+    check_reduction,
+    check_sample_weight,
+    get_namespace,
+    normalize_axis,
+    num_elements,
+    shape_str,
+)
+from ._arrays import is_eager
+from ._problems import Pass, Pointwise, Problem
+from ._stable import mark_bad, stable_max
+
+__all__ = [
+    "Distributions",
+    "entropy",
+    "entropy_pass",
+    "entropy_value_and_grad",
+    "kl_div",
+    "kl_div_pass",
+    "kl_div_value_and_grad",
+    "prepare_distributions",
+]
 
 
 def kl_div_pass(p: Pointwise, log_target: bool, *, gradient: bool) -> Pass:
@@ -39,3 +63,103 @@ def kl_div(p: Pointwise, log_target: bool) -> Array:
 
 def kl_div_value_and_grad(p: Pointwise, log_target: bool) -> tuple[Array, Array]:
     return p.value_and_grad(kl_div_pass(p, log_target, gradient=True))
+
+
+# --- entropy ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distributions(Problem):
+    """Categorical distributions given by their logits, checked, with the class axis last."""
+
+    #: The logits, class axis last, in the caller's dtype.
+    logits: Array
+    #: The caller's class axis, non-negative.
+    axis: int
+    #: One weight per position, shape ``logits.shape[:-1]``, in the compute dtype; or None.
+    sample_weight: Array | None = None
+
+    others: ClassVar[tuple[str, ...]] = ("sample_weight",)
+
+    def count(self) -> int:
+        return num_elements(self.logits.shape[:-1])
+
+    def to_caller_layout(self, x: Array) -> Array:
+        return self.xp.moveaxis(x, -1, self.axis)
+
+    def caller_predictions(self) -> Array:
+        return self.to_caller_layout(self.logits)
+
+    def with_predictions(self, x: Array, **changes: Any) -> Distributions:
+        return dataclasses.replace(self, logits=self.xp.moveaxis(x, self.axis, -1), **changes)
+
+    def loss_axes(self) -> tuple[int, ...]:
+        return (self.axis,)
+
+
+def prepare_distributions(
+    logits: Array, *, axis: object, reduction: object, sample_weight: Array | None
+) -> Distributions:
+    """Check the arguments of :func:`crossent.entropy` and put them in canonical form."""
+    xp = get_namespace(("logits", logits), ("sample_weight", sample_weight))
+    check_real_floating(xp, "logits", logits)
+    ax = normalize_axis("logits", logits, axis)
+    shape = tuple(logits.shape)
+    if shape[ax] == 0:
+        raise ValueError(f"logits of shape {shape_str(shape)} has no classes along axis {axis}")
+    problem = Distributions(
+        xp=xp,
+        reduction=check_reduction(reduction),
+        dtype=logits.dtype,
+        eager=is_eager(logits, sample_weight),
+        logits=xp.moveaxis(logits, ax, -1),
+        axis=ax,
+    )
+    if sample_weight is None:
+        return problem
+    positions = shape[:ax] + shape[ax + 1 :]
+    of = f"logits {shape_str(shape)}"
+    weights = check_sample_weight(
+        xp, sample_weight, positions, of, f"axis {axis}", problem.compute_dtype
+    )
+    return dataclasses.replace(problem, sample_weight=weights)
+
+
+def entropy_pass(problem: Distributions, *, gradient: bool) -> Pass:
+    """The entropy of each position, ``-sum_c p_c log p_c`` with ``p = softmax(logits)``, as a
+    sum of terms that are never negative (no cancellation where it is small), and with
+    ``gradient`` its derivative ``p_c (-log p_c - H)``. A class of probability exactly 0 (a
+    logit of ``-inf``, or one whose exponential underflows) adds 0, as ``0 log 0 = 0`` (double
+    where: neither ``0 * inf`` nor its derivative is formed); a row of all ``-inf``, or one
+    with ``+inf`` or NaN, gives NaN, as ``torch.distributions.Categorical`` does."""
+    xp = problem.xp
+    x = xp.astype(problem.logits, problem.compute_dtype, copy=False)
+    shifted = x - stable_max(xp, x, -1)
+    exponentials = xp.exp(shifted)
+    total = xp.sum(exponentials, axis=-1, keepdims=True)
+    probs = exponentials / total  # NaN in a row of all -inf (0 / 0): so is its entropy
+    absent = probs == 0.0
+    safe_shifted = xp.where(absent, 0.0, shifted)
+    loss = xp.sum(xp.where(absent, 0.0, probs * (xp.log(total) - safe_shifted)), axis=-1)
+    weights = problem.sample_weight
+    denominator = None
+    if weights is not None:
+        loss = loss * weights
+        denominator = xp.sum(weights)
+    if not gradient:
+        return Pass(loss, denominator)
+    # -log p_c - H = (the mean of the shifted logits under p) - s_c: no log Z to cancel, and
+    # exactly 0 where every class is alike
+    mean_shifted = xp.sum(xp.where(absent, 0.0, probs * safe_shifted), axis=-1, keepdims=True)
+    d_logits = xp.where(absent, 0.0, probs * (mean_shifted - safe_shifted))
+    if weights is not None:
+        d_logits = d_logits * weights[..., None]
+    return Pass(loss, denominator, d_logits)
+
+
+def entropy(problem: Distributions) -> Array:
+    return problem.reduce(entropy_pass(problem, gradient=False))
+
+
+def entropy_value_and_grad(problem: Distributions) -> tuple[Array, Array]:
+    return problem.value_and_grad(entropy_pass(problem, gradient=True))

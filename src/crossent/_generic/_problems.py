@@ -8,7 +8,9 @@ the same way (:meth:`Problem.reduce`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from array_api_compat import device
 
@@ -89,6 +91,36 @@ class Problem:
     def to_caller_layout(self, x: Array) -> Array:
         """An array of the canonical predictions' shape, in the layout the caller gave."""
         return x
+
+    # What a backend's autodiff rule needs of a problem (``_backends._jax``): the predictions
+    # as the caller gave them, the same problem with others in their place, and the other
+    # floating arrays that a derivative may reach.
+
+    #: The names of the floating arrays, besides the predictions, that autodiff may reach.
+    others: ClassVar[tuple[str, ...]] = ()
+    #: The axes of the caller's predictions that one position's loss sums over.
+    position_axes: ClassVar[tuple[int, ...]] = ()
+
+    def caller_predictions(self) -> Array:
+        """The predictions in the caller's layout."""
+        raise NotImplementedError
+
+    def with_predictions(self, x: Array, **changes: Any) -> Problem:
+        """This problem with the predictions ``x`` (in the caller's layout) and ``changes``."""
+        raise NotImplementedError
+
+    def contract(self, gradient: Array, tangent: Array) -> Array:
+        """The loss's tangent from the gradient of the summed loss and the predictions'
+        tangent, both in the caller's layout: per position for ``"none"``, else a scalar."""
+        product = gradient * tangent
+        if self.reduction != "none":
+            return self.xp.sum(product)
+        axes = self.loss_axes()
+        return self.xp.sum(product, axis=axes) if axes else product
+
+    def loss_axes(self) -> tuple[int, ...]:
+        """The axes of the caller's predictions that one position's loss sums over."""
+        return self.position_axes
 
     def _denominator(self, result: Pass) -> Array | float:
         if result.denominator is not None:
@@ -220,6 +252,17 @@ class Classes(Problem):
 
     def to_caller_layout(self, x: Array) -> Array:
         return self.xp.moveaxis(x, -1, self.axis)
+
+    others: ClassVar[tuple[str, ...]] = ("target", "weight", "sample_weight")
+
+    def caller_predictions(self) -> Array:
+        return self.to_caller_layout(self.predictions)
+
+    def with_predictions(self, x: Array, **changes: Any) -> Classes:
+        return dataclasses.replace(self, predictions=self.xp.moveaxis(x, self.axis, -1), **changes)
+
+    def loss_axes(self) -> tuple[int, ...]:
+        return (self.axis,)
 
 
 def prepare_classes(
@@ -364,6 +407,14 @@ class Pointwise(Problem):
         if self.reduction == "batchmean":
             return int(shape[0]) if len(shape) > 0 else 1
         return num_elements(shape)
+
+    others: ClassVar[tuple[str, ...]] = ("target", "weight", "pos_weight")
+
+    def caller_predictions(self) -> Array:
+        return self.pred
+
+    def with_predictions(self, x: Array, **changes: Any) -> Pointwise:
+        return dataclasses.replace(self, pred=x, **changes)
 
 
 def prepare_pointwise(

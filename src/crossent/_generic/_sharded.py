@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -365,12 +366,17 @@ def linear_cross_entropy_value_and_grad(
     return value, finish_gradients(p, wanted, gradients[0], gradients[1], gradients[2])
 
 
-def refuse_options(name: str, **options: object) -> None:
-    """Refuse the options a sharded call does not take (those not None, 0 or 0.0)."""
+#: The options of the losses that a sharded call does not take (yet).
+UNSHARDED_OPTIONS = ("softcap", "z_loss", "sample_weight")
+
+
+def refuse_options(name: str, options: Mapping[str, object]) -> None:
+    """Refuse the options of :data:`UNSHARDED_OPTIONS` that ``options`` (a public function's
+    keyword arguments) gives, other than None, 0 or 0.0."""
     given = [
         k
-        for k, v in options.items()
-        if v is not None and not (isinstance(v, (int, float)) and v == 0)
+        for k in UNSHARDED_OPTIONS
+        if (v := options.get(k)) is not None and not (isinstance(v, (int, float)) and v == 0)
     ]
     if given:
         raise TypeError(

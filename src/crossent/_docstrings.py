@@ -1,0 +1,86 @@
+"""Docstring paragraphs that several public functions share, each written once.
+
+In the spirit of SciPy's ``_lib/doccer.py``: a docstring names a shared paragraph on a line of
+its own, ``%(name)s``, and :func:`fill` puts the paragraph there, indented as that line is.
+Within a line (and within the paragraphs), ``%(name)s`` is a value that :func:`fill` is given.
+A name that has neither raises ``KeyError`` at import, so no placeholder reaches a reader.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = ["PARAGRAPHS", "fill", "fill_text"]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+PARAGRAPHS = {
+    # --- Parameters ---
+    "reduction": """\
+reduction : {"mean", "sum", "none"}, default "mean"
+    ``"mean"`` averages the losses of the positions, ``"sum"`` adds them up, ``"none"`` keeps
+    one per position.""",
+    "sample_weight_classes": """\
+sample_weight : array, optional
+    One weight per position, the shape of the positions (``target``'s for class indices):
+    position ``n`` counts ``s_n`` times. Its loss is multiplied by ``s_n``, and ``"mean"``
+    divides by the kept positions' total ``sum_n s_n w_{y_n}`` (``sum_n s_n`` for class
+    probabilities), as scikit-learn's and Keras' ``sample_weight``. Not checked for sign,
+    as class weights are not.""",
+    "sample_weight_indices": """\
+sample_weight : array, optional
+    One weight per position, the shape of ``target``: position ``n`` counts ``s_n`` times.
+    Its loss is multiplied by ``s_n``, and ``"mean"`` divides by the kept positions' total
+    ``sum_n s_n w_{y_n}``, as scikit-learn's and Keras' ``sample_weight``. Not checked for
+    sign, as class weights are not.""",
+    "sample_weight_variants": """\
+sample_weight : array, optional
+    One weight per position, real floating, the shape of ``logits`` without the class
+    axis: it multiplies the position's loss.""",
+    # --- Returns ---
+    "returns_positions": """\
+array
+    Of the predictions' library, device and dtype; 0-d unless ``reduction="none"``.""",
+    # --- Notes ---
+    "shape_classes": """\
+**Shape.** With ``C`` classes along ``axis``, the *positions* are the shape of the
+predictions without the class axis:
+
+- predictions: ``(N, C)``, ``(C,)``, or ``(N, C, d1, ..., dK)`` with ``axis=1`` (torch's
+  layout); the class axis may be anywhere.
+- target of class indices: the positions, ``(N,)``, ``()`` or ``(N, d1, ..., dK)``.
+- target of class probabilities: the shape of the predictions.
+- output: the positions' shape for ``reduction="none"``; ``()`` otherwise.""",
+    "shape_softmax": """\
+**Shape.** ``x``: any shape, ``(N, C)`` with ``C`` classes along ``axis``; output: the
+same shape. float16 and bfloat16 are computed in float32.""",
+}
+
+_PARAGRAPH = re.compile(r"^( *)%\((\w+)\)s$", flags=re.M)
+_VALUE = re.compile(r"%\((\w+)\)s")
+
+
+def fill_text(doc: str, **values: str) -> str:
+    """``doc`` with each placeholder line replaced by its paragraph of :data:`PARAGRAPHS`
+    (or of ``values``), then each placeholder within a line by its value of ``values``."""
+
+    def paragraph(match: re.Match[str]) -> str:
+        indent, name = match.groups()
+        text = values[name] if name in values else PARAGRAPHS[name]
+        return textwrap.indent(text, indent, lambda line: bool(line.strip()))
+
+    return _VALUE.sub(lambda match: values[match.group(1)], _PARAGRAPH.sub(paragraph, doc))
+
+
+def fill(**values: str) -> Callable[[F], F]:
+    """Decorate a function: its docstring's placeholders filled (:func:`fill_text`)."""
+
+    def decorate(func: F) -> F:
+        if func.__doc__:
+            func.__doc__ = fill_text(func.__doc__, **values)
+        return func
+
+    return decorate
