@@ -15,6 +15,7 @@ import pytest
 import crossent
 from crossent import _dispatch, _gradients
 from crossent._dispatch import FAMILIES, LOSSES, PUBLIC_FUNCTIONS
+from crossent._generic import _divergence as _generic_divergence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,13 +63,18 @@ def test_value_and_grad_takes_and_lists_every_loss(name):
 
 def test_a_loss_is_declared_once():
     declared = LOSSES["kl_div"]
-    declare = _dispatch.loss(
-        family="divergence", generic=declared.generic, value_and_grad=declared.value_and_grad
-    )
     with pytest.raises(ValueError, match="declared twice"):
-        declare(declared.prepare)
+        _dispatch.loss("divergence", _generic_divergence)(declared.prepare)
     with pytest.raises(ValueError, match="family must be one of"):
-        _dispatch.loss(family="nonsense", generic=len, value_and_grad=len)
+        _dispatch.loss("nonsense", _generic_divergence)
+
+
+def test_a_loss_without_its_generic_functions_is_refused_at_import():
+    def no_such_loss(logits):
+        return None, ()
+
+    with pytest.raises(AttributeError, match="no_such_loss"):
+        _dispatch.loss("divergence", _generic_divergence)(no_such_loss)
 
 
 def test_the_api_page_has_a_section_per_family():

@@ -29,11 +29,7 @@ __all__ = [
 ]
 
 
-@loss(
-    family="binary",
-    generic=generic.binary_cross_entropy,
-    value_and_grad=generic.binary_cross_entropy_value_and_grad,
-)
+@loss("binary", generic)
 def binary_cross_entropy(
     probs: Array,
     target: Array,
@@ -69,10 +65,7 @@ def binary_cross_entropy(
     eps : float in [0, 0.5), optional
         Clip probabilities to ``[eps, 1 - eps]`` first; by default they are not clipped.
 
-    Returns
-    -------
-    array
-        Of ``probs``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -109,11 +102,7 @@ def binary_cross_entropy(
     return problem, (clip,)
 
 
-@loss(
-    family="binary",
-    generic=generic.binary_cross_entropy_with_logits,
-    value_and_grad=generic.binary_cross_entropy_with_logits_value_and_grad,
-)
+@loss("binary", generic)
 def binary_cross_entropy_with_logits(
     logits: Array,
     target: Array,
@@ -153,10 +142,7 @@ def binary_cross_entropy_with_logits(
     reduction : {"mean", "sum", "none"}, default "mean"
         ``"mean"`` averages over every element.
 
-    Returns
-    -------
-    array
-        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -192,11 +178,7 @@ def binary_cross_entropy_with_logits(
     return problem, ()
 
 
-@loss(
-    family="binary",
-    generic=generic.sigmoid_focal_loss,
-    value_and_grad=generic.sigmoid_focal_loss_value_and_grad,
-)
+@loss("binary", generic)
 def sigmoid_focal_loss(
     logits: Array,
     target: Array,
@@ -246,10 +228,7 @@ def sigmoid_focal_loss(
         Weights that broadcast to the shape of ``logits``; each element's loss is multiplied
         by its weight.
 
-    Returns
-    -------
-    array
-        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -294,11 +273,7 @@ def sigmoid_focal_loss(
     return problem, options
 
 
-@loss(
-    family="binary",
-    generic=generic.multilabel_soft_margin_loss,
-    value_and_grad=generic.multilabel_soft_margin_loss_value_and_grad,
-)
+@loss("binary", generic)
 def multilabel_soft_margin_loss(
     logits: Array,
     target: Array,

@@ -11,26 +11,8 @@ from ._validation import check_eps, check_probabilities, check_unit_interval
 
 __all__ = ["cross_entropy", "cross_entropy_from_probs", "nll_loss"]
 
-_SHAPE_NOTES = """
-    Notes
-    -----
-    **Shape.** With ``C`` classes along ``axis``, the *positions* are the shape of the
-    predictions without the class axis:
 
-    - predictions: ``(N, C)``, ``(C,)``, or ``(N, C, d1, ..., dK)`` with ``axis=1`` (torch's
-      layout); the class axis may be anywhere.
-    - target of class indices: the positions, ``(N,)``, ``()`` or ``(N, d1, ..., dK)``.
-    - target of class probabilities: the shape of the predictions.
-    - output: the positions' shape for ``reduction="none"``; ``()`` otherwise.
-"""
-
-
-@loss(
-    family="categorical",
-    generic=generic.cross_entropy,
-    value_and_grad=generic.cross_entropy_value_and_grad,
-    sharded=_sharded.cross_entropy,
-)
+@loss("categorical", generic, sharded=_sharded.cross_entropy)
 def cross_entropy(
     logits: Array,
     target: Array,
@@ -99,12 +81,7 @@ def cross_entropy(
     z_loss : float >= 0, default 0.0
         The factor of the z-loss, ``z_loss * lse**2`` per kept position, weighted as the
         position and reduced as the rest of the loss (PaLM uses 1e-4).
-    sample_weight : array, optional
-        One weight per position, the shape of the positions (``target``'s for class indices):
-        position ``n`` counts ``s_n`` times. Its loss is multiplied by ``s_n``, and ``"mean"``
-        divides by the kept positions' total ``sum_n s_n w_{y_n}`` (``sum_n s_n`` for class
-        probabilities), as scikit-learn's and Keras' ``sample_weight``. Not checked for sign,
-        as class weights are not.
+    %(sample_weight_classes)s
     process_group : torch.distributed.ProcessGroup, optional
         Vocabulary parallelism: the classes are split among the processes of this group, and
         every process calls ``cross_entropy`` with its own slice. Process ``r`` (its rank in
@@ -118,10 +95,7 @@ def cross_entropy(
         of weighted logits; the backward pass runs none. torch tensors and class indices only,
         without ``softcap``, ``z_loss`` or ``sample_weight``.
 
-    Returns
-    -------
-    array
-        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -134,7 +108,7 @@ def cross_entropy(
         arrays are on two devices, or (eager arrays only) a class index is outside ``[0, C)``
         and is not ``ignore_index``. On lazy arrays (JAX under ``jit``, Dask) such a position
         gives NaN instead.
-    {shape}
+    %(notes_shape_classes)s
     float16 and bfloat16 are computed in float32 and returned in their own dtype. No one-hot
     matrix is made, and for class indices no full log-softmax either: the loss is the log
     normaliser minus the gathered logit.
@@ -191,11 +165,7 @@ def cross_entropy(
     return problem, (check_unit_interval("label_smoothing", label_smoothing),)
 
 
-@loss(
-    family="categorical",
-    generic=generic.nll_loss,
-    value_and_grad=generic.nll_loss_value_and_grad,
-)
+@loss("categorical", generic)
 def nll_loss(
     log_probs: Array,
     target: Array,
@@ -230,17 +200,9 @@ def nll_loss(
     reduction : {"mean", "sum", "none"}, default "mean"
         ``"mean"`` divides the sum by the total weight of the kept positions; every position
         ignored gives NaN.
-    sample_weight : array, optional
-        One weight per position, the shape of the positions (``target``'s for class indices):
-        position ``n`` counts ``s_n`` times. Its loss is multiplied by ``s_n``, and ``"mean"``
-        divides by the kept positions' total ``sum_n s_n w_{y_n}`` (``sum_n s_n`` for class
-        probabilities), as scikit-learn's and Keras' ``sample_weight``. Not checked for sign,
-        as class weights are not.
+    %(sample_weight_indices)s
 
-    Returns
-    -------
-    array
-        Of ``log_probs``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -250,7 +212,7 @@ def nll_loss(
         If shapes do not fit, ``reduction`` is unknown, the arrays are on two devices, or
         (eager arrays only) a class index is outside ``[0, C)`` and is not ``ignore_index``; on
         lazy arrays such a position gives NaN.
-    {shape}
+    %(notes_shape_classes)s
     Examples
     --------
     >>> import numpy as np
@@ -273,11 +235,7 @@ def nll_loss(
     return problem, ()
 
 
-@loss(
-    family="categorical",
-    generic=generic.cross_entropy_from_probs,
-    value_and_grad=generic.cross_entropy_from_probs_value_and_grad,
-)
+@loss("categorical", generic)
 def cross_entropy_from_probs(
     probs: Array,
     target: Array,
@@ -321,17 +279,9 @@ def cross_entropy_from_probs(
         A class index whose positions contribute nothing. Not used with class probabilities.
     reduction : {"mean", "sum", "none"}, default "mean"
         As in :func:`cross_entropy`.
-    sample_weight : array, optional
-        One weight per position, the shape of the positions (``target``'s for class indices):
-        position ``n`` counts ``s_n`` times. Its loss is multiplied by ``s_n``, and ``"mean"``
-        divides by the kept positions' total ``sum_n s_n w_{y_n}`` (``sum_n s_n`` for class
-        probabilities), as scikit-learn's and Keras' ``sample_weight``. Not checked for sign,
-        as class weights are not.
+    %(sample_weight_classes)s
 
-    Returns
-    -------
-    array
-        Of ``probs``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -341,7 +291,7 @@ def cross_entropy_from_probs(
         If shapes do not fit, an option is out of its set, the arrays are on two devices, or
         (eager arrays only) a probability lies outside [0, 1] or a class index outside
         ``[0, C)``; on lazy arrays such a position gives NaN.
-    {shape}
+    %(notes_shape_classes)s
     Examples
     --------
     >>> import numpy as np
@@ -367,8 +317,3 @@ def cross_entropy_from_probs(
     if problem.eager:
         check_probabilities(problem.xp, "probs", problem.predictions)
     return problem, (clip,)
-
-
-for _public in (cross_entropy, nll_loss, cross_entropy_from_probs):
-    if _public.__doc__:
-        _public.__doc__ = _public.__doc__.replace("{shape}", _SHAPE_NOTES)

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -33,6 +34,7 @@ from array_api_compat import (
     is_torch_namespace,
 )
 
+from ._docstrings import fill
 from ._generic._arrays import torch_compiling
 from ._generic._sharded import refuse_options
 from ._typing import Array, Namespace
@@ -159,7 +161,7 @@ def public_function(generic: Callable[..., Any]) -> Callable[[F], F]:
     :data:`PUBLIC_FUNCTIONS`."""
 
     def decorate(func: F) -> F:
-        wrapper = entry(generic)(func)
+        wrapper = entry(generic)(_filled(func))
         PUBLIC_FUNCTIONS[generic] = wrapper
         return wrapper
 
@@ -213,23 +215,29 @@ def declaration(func: object) -> Loss | None:
 
 
 def loss(
-    *,
     family: str,
-    generic: Callable[..., Array],
-    value_and_grad: Callable[..., tuple[Array, Any]],
+    generic: ModuleType,
+    *,
     arguments: tuple[str, ...] = (),
     sharded: Callable[..., Array] | None = None,
 ) -> Callable[[Callable[P, Prepared]], Callable[P, Array]]:
     """Declare a loss: decorate the function whose signature and docstring are the public
-    loss's, and whose body checks the arguments and returns ``(problem, options)``. The
-    decorated function is the public loss: it dispatches ``generic(problem, *options)``, and
-    with a ``process_group`` (where ``sharded`` is given) the sharded computation. Its record
-    goes into :data:`LOSSES` and :data:`PUBLIC_FUNCTIONS`."""
+    loss's, and whose body checks the arguments and returns ``(problem, options)``.
+
+    ``generic`` is the module of ``crossent._generic`` that computes it: its function of the
+    loss's name is the generic loss, ``<name>_value_and_grad`` its analytic gradient (a
+    missing one is an ``AttributeError`` at import). The decorated function is the public
+    loss: it dispatches ``generic.<name>(problem, *options)``, and with a ``process_group``
+    (where ``sharded`` is given) the sharded computation. Its record goes into
+    :data:`LOSSES` and :data:`PUBLIC_FUNCTIONS`."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
     def decorate(prepare: Callable[P, Prepared]) -> Callable[P, Array]:
+        prepare = _filled(prepare)
         name = prepare.__name__
+        compute_loss: Callable[..., Array] = getattr(generic, name)
+        value_and_grad = getattr(generic, f"{name}_value_and_grad")
 
         def compute(*args: Any, **kwargs: Any) -> Any:
             group = kwargs.get("process_group") if sharded is not None else None
@@ -238,10 +246,10 @@ def loss(
                 rest = {k: v for k, v in kwargs.items() if k != "process_group"}
                 return _sharded_call(name, sharded, group, prepare, *args, **rest)
             problem, options = prepare(*args, **kwargs)
-            return dispatch(problem.xp, generic, problem, *options)
+            return dispatch(problem.xp, compute_loss, problem, *options)
 
         functools.update_wrapper(compute, prepare)
-        public = entry(generic)(compute)
+        public = entry(compute_loss)(compute)
         # the public signature: the preparation's, returning the loss
         signature = inspect.signature(prepare)
         public.__signature__ = signature.replace(  # type: ignore[attr-defined]
@@ -250,11 +258,19 @@ def loss(
         del public.__wrapped__  # type: ignore[attr-defined]
         if name in LOSSES:
             raise ValueError(f"the loss {name} is declared twice")
-        LOSSES[name] = Loss(public, family, generic, value_and_grad, prepare, arguments, sharded)
-        PUBLIC_FUNCTIONS[generic] = public
+        declared = Loss(public, family, compute_loss, value_and_grad, prepare, arguments, sharded)
+        LOSSES[name] = declared
+        PUBLIC_FUNCTIONS[compute_loss] = public
         return public
 
     return decorate
+
+
+def _filled(func: F) -> F:
+    """``func`` with its docstring's shared paragraphs (``_docstrings``) filled in, and
+    ``%(first)s`` the name of its first argument."""
+    first = next(iter(inspect.signature(func).parameters))
+    return fill(first=first)(func)
 
 
 def entry(generic: Callable[..., Any]) -> Callable[[F], F]:

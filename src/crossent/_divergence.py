@@ -15,7 +15,7 @@ __all__ = ["entropy", "kl_div"]
 KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
 
 
-@loss(family="divergence", generic=generic.kl_div, value_and_grad=generic.kl_div_value_and_grad)
+@loss("divergence", generic)
 def kl_div(
     log_probs: Array, target: Array, *, reduction: str = "mean", log_target: bool = False
 ) -> tuple[Pointwise, tuple[bool]]:
@@ -47,10 +47,7 @@ def kl_div(
     log_target : bool, default False
         Whether ``target`` holds log-probabilities.
 
-    Returns
-    -------
-    array
-        Of ``log_probs``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -79,11 +76,7 @@ def kl_div(
     return problem, (check_bool("log_target", log_target),)
 
 
-@loss(
-    family="divergence",
-    generic=generic.entropy,
-    value_and_grad=generic.entropy_value_and_grad,
-)
+@loss("divergence", generic)
 def entropy(
     logits: Array,
     *,
@@ -122,10 +115,7 @@ def entropy(
         0/1 mask of the positions to count (the tokens that are not padding) goes here, and
         ``"mean"`` then averages over the masked positions.
 
-    Returns
-    -------
-    array
-        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------

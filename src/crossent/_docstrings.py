@@ -17,12 +17,9 @@ __all__ = ["PARAGRAPHS", "fill", "fill_text"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
+#: The shared paragraphs. ``%(first)s`` in them is the name of the function's first
+#: argument, the predictions, which the decorators of ``_dispatch`` fill in.
 PARAGRAPHS = {
-    # --- Parameters ---
-    "reduction": """\
-reduction : {"mean", "sum", "none"}, default "mean"
-    ``"mean"`` averages the losses of the positions, ``"sum"`` adds them up, ``"none"`` keeps
-    one per position.""",
     "sample_weight_classes": """\
 sample_weight : array, optional
     One weight per position, the shape of the positions (``target``'s for class indices):
@@ -40,25 +37,37 @@ sample_weight : array, optional
 sample_weight : array, optional
     One weight per position, real floating, the shape of ``logits`` without the class
     axis: it multiplies the position's loss.""",
-    # --- Returns ---
-    "returns_positions": """\
+    "returns_loss": """\
+Returns
+-------
 array
-    Of the predictions' library, device and dtype; 0-d unless ``reduction="none"``.""",
-    # --- Notes ---
-    "shape_classes": """\
-**Shape.** With ``C`` classes along ``axis``, the *positions* are the shape of the
-predictions without the class axis:
+    Of the library, device and dtype of ``%(first)s``; 0-d unless ``reduction="none"``.""",
+    "raises_softmax": """\
+Raises
+------
+TypeError
+    If ``x`` is not an array or has no real floating dtype.
+ValueError
+    If ``axis`` is out of range.""",
+    "notes_shape_classes": """\
+Notes
+-----
+**Shape.** With ``C`` classes along ``axis``, the *positions* are the shape of
+``%(first)s`` without the class axis:
 
-- predictions: ``(N, C)``, ``(C,)``, or ``(N, C, d1, ..., dK)`` with ``axis=1`` (torch's
+- ``%(first)s``: ``(N, C)``, ``(C,)``, or ``(N, C, d1, ..., dK)`` with ``axis=1`` (torch's
   layout); the class axis may be anywhere.
 - target of class indices: the positions, ``(N,)``, ``()`` or ``(N, d1, ..., dK)``.
-- target of class probabilities: the shape of the predictions.
-- output: the positions' shape for ``reduction="none"``; ``()`` otherwise.""",
-    "shape_softmax": """\
+- target of class probabilities, where the loss takes them: the shape of ``%(first)s``.
+- sample_weight: the positions.
+- output: the positions' shape for ``reduction="none"``; ``()`` otherwise.
+""",
+    "notes_shape_softmax": """\
+Notes
+-----
 **Shape.** ``x``: any shape, ``(N, C)`` with ``C`` classes along ``axis``; output: the
 same shape. float16 and bfloat16 are computed in float32.""",
 }
-
 _PARAGRAPH = re.compile(r"^( *)%\((\w+)\)s$", flags=re.M)
 _VALUE = re.compile(r"%\((\w+)\)s")
 

@@ -30,9 +30,8 @@ __all__ = ["linear_cross_entropy"]
 
 
 @loss(
-    family="linear",
-    generic=generic.linear_cross_entropy,
-    value_and_grad=generic.linear_cross_entropy_value_and_grad,
+    "linear",
+    generic,
     arguments=("hidden", "weight", "bias"),
     sharded=_sharded.linear_cross_entropy,
 )

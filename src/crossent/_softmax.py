@@ -62,12 +62,7 @@ def logsumexp(
         Of ``x``'s library, device and dtype. A slice of all ``-inf`` gives ``-inf``, not NaN; an
         empty slice gives ``-inf``.
 
-    Raises
-    ------
-    TypeError
-        If ``x`` is not an array or has no real floating dtype.
-    ValueError
-        If ``axis`` is out of range.
+    %(raises_softmax)s
 
     Notes
     -----
@@ -120,17 +115,9 @@ def softmax(x: Array, *, axis: int = -1) -> Array:
         Of ``x``'s library, device, dtype and shape. A slice of all ``-inf`` gives NaN, as
         ``torch.softmax`` does.
 
-    Raises
-    ------
-    TypeError
-        If ``x`` is not an array or has no real floating dtype.
-    ValueError
-        If ``axis`` is out of range.
+    %(raises_softmax)s
 
-    Notes
-    -----
-    **Shape.** ``x``: any shape, ``(N, C)`` with ``C`` classes along ``axis``; output: the
-    same shape. float16 and bfloat16 are computed in float32.
+    %(notes_shape_softmax)s
 
     Examples
     --------
@@ -165,17 +152,9 @@ def log_softmax(x: Array, *, axis: int = -1) -> Array:
     array
         Of ``x``'s library, device, dtype and shape.
 
-    Raises
-    ------
-    TypeError
-        If ``x`` is not an array or has no real floating dtype.
-    ValueError
-        If ``axis`` is out of range.
+    %(raises_softmax)s
 
-    Notes
-    -----
-    **Shape.** ``x``: any shape, ``(N, C)`` with ``C`` classes along ``axis``; output: the
-    same shape. float16 and bfloat16 are computed in float32.
+    %(notes_shape_softmax)s
 
     Examples
     --------

@@ -10,29 +10,10 @@ from ._validation import check_epsilon, check_gamma, check_unit_interval
 
 __all__ = ["poly1_cross_entropy", "softmax_focal_loss"]
 
-_SHAPE_NOTES = """
-    Notes
-    -----
-    **Shape.** With ``C`` classes along ``axis``, the *positions* are the shape of the
-    logits without the class axis:
-
-    - logits: ``(N, C)``, ``(C,)``, or ``(N, C, d1, ..., dK)`` with ``axis=1`` (torch's
-      layout); the class axis may be anywhere.
-    - target of class indices: the positions, ``(N,)``, ``()`` or ``(N, d1, ..., dK)``.
-    - target of class probabilities: the shape of the logits.
-    - sample_weight: the positions.
-    - output: the positions' shape for ``reduction="none"``; ``()`` otherwise.
-"""
-
-
 # --- softmax_focal_loss -----------------------------------------------------------------------
 
 
-@loss(
-    family="categorical",
-    generic=generic.softmax_focal_loss,
-    value_and_grad=generic.softmax_focal_loss_value_and_grad,
-)
+@loss("categorical", generic)
 def softmax_focal_loss(
     logits: Array,
     target: Array,
@@ -90,14 +71,9 @@ def softmax_focal_loss(
         divided by the total weight of the kept positions, :math:`\sum_n s_n w_{y_n}` (for
         class probabilities by :math:`\sum_n s_n`, the number of positions without
         ``sample_weight``), as :func:`cross_entropy` does. Every position ignored gives NaN.
-    sample_weight : array, optional
-        One weight per position, real floating, the shape of ``logits`` without the class
-        axis: it multiplies the position's loss.
+    %(sample_weight_variants)s
 
-    Returns
-    -------
-    array
-        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -109,7 +85,7 @@ def softmax_focal_loss(
         the arrays are on two devices, or (eager arrays only) a class index is outside
         ``[0, C)`` and is not ``ignore_index``. On lazy arrays (JAX under ``jit``, Dask) such a
         position gives NaN instead.
-    {shape}
+    %(notes_shape_classes)s
     float16 and bfloat16 are computed in float32 and returned in their own dtype.
     :math:`1 - p` is computed as :math:`-\operatorname{expm1}(\log p)`, exact for :math:`p`
     near 1, and the gradient (:func:`value_and_grad`) is finite for every ``gamma`` where
@@ -152,11 +128,7 @@ def softmax_focal_loss(
 # --- poly1_cross_entropy ----------------------------------------------------------------------
 
 
-@loss(
-    family="categorical",
-    generic=generic.poly1_cross_entropy,
-    value_and_grad=generic.poly1_cross_entropy_value_and_grad,
-)
+@loss("categorical", generic)
 def poly1_cross_entropy(
     logits: Array,
     target: Array,
@@ -222,14 +194,9 @@ def poly1_cross_entropy(
         ignored gives NaN.
     label_smoothing : float in [0, 1], default 0.0
         Mass moved from the target to the uniform distribution over classes, in both terms.
-    sample_weight : array, optional
-        One weight per position, real floating, the shape of ``logits`` without the class
-        axis: it multiplies the position's loss.
+    %(sample_weight_variants)s
 
-    Returns
-    -------
-    array
-        Of ``logits``' library, device and dtype; 0-d unless ``reduction="none"``.
+    %(returns_loss)s
 
     Raises
     ------
@@ -241,7 +208,7 @@ def poly1_cross_entropy(
         [0, 1], ``epsilon`` is not finite, the arrays are on two devices, or (eager arrays
         only) a class index is outside ``[0, C)`` and is not ``ignore_index``. On lazy arrays
         (JAX under ``jit``, Dask) such a position gives NaN instead.
-    {shape}
+    %(notes_shape_classes)s
     float16 and bfloat16 are computed in float32 and returned in their own dtype.
     :math:`1 - p` is computed as :math:`-\operatorname{expm1}(\log p)`, exact for :math:`p`
     near 1. With class indices the gradient (:func:`value_and_grad`) is cross-entropy's plus
@@ -280,8 +247,3 @@ def poly1_cross_entropy(
         sample_weight=sample_weight,
     )
     return problem, (checked, smoothing)
-
-
-for _public in (softmax_focal_loss, poly1_cross_entropy):
-    if _public.__doc__:
-        _public.__doc__ = _public.__doc__.replace("{shape}", _SHAPE_NOTES)

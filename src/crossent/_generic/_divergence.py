@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .._typing import Array
 from .._validation import (
@@ -19,7 +19,7 @@ from .._validation import (
     shape_str,
 )
 from ._arrays import is_eager
-from ._problems import Pass, Pointwise, Problem
+from ._problems import ClassAxisLast, Pass, Pointwise, Problem
 from ._stable import mark_bad, stable_max
 
 __all__ = [
@@ -69,32 +69,21 @@ def kl_div_value_and_grad(p: Pointwise, log_target: bool) -> tuple[Array, Array]
 
 
 @dataclass(frozen=True)
-class Distributions(Problem):
+class Distributions(ClassAxisLast, Problem):
     """Categorical distributions given by their logits, checked, with the class axis last."""
 
     #: The logits, class axis last, in the caller's dtype.
-    logits: Array
+    predictions: Array
     #: The caller's class axis, non-negative.
     axis: int
-    #: One weight per position, shape ``logits.shape[:-1]``, in the compute dtype; or None.
+    #: One weight per position, shape ``predictions.shape[:-1]``, in the compute dtype; or
+    #: None.
     sample_weight: Array | None = None
 
     others: ClassVar[tuple[str, ...]] = ("sample_weight",)
 
     def count(self) -> int:
-        return num_elements(self.logits.shape[:-1])
-
-    def to_caller_layout(self, x: Array) -> Array:
-        return self.xp.moveaxis(x, -1, self.axis)
-
-    def caller_predictions(self) -> Array:
-        return self.to_caller_layout(self.logits)
-
-    def with_predictions(self, x: Array, **changes: Any) -> Distributions:
-        return dataclasses.replace(self, logits=self.xp.moveaxis(x, self.axis, -1), **changes)
-
-    def loss_axes(self) -> tuple[int, ...]:
-        return (self.axis,)
+        return num_elements(self.predictions.shape[:-1])
 
 
 def prepare_distributions(
@@ -112,7 +101,7 @@ def prepare_distributions(
         reduction=check_reduction(reduction),
         dtype=logits.dtype,
         eager=is_eager(logits, sample_weight),
-        logits=xp.moveaxis(logits, ax, -1),
+        predictions=xp.moveaxis(logits, ax, -1),
         axis=ax,
     )
     if sample_weight is None:
@@ -133,7 +122,7 @@ def entropy_pass(problem: Distributions, *, gradient: bool) -> Pass:
     where: neither ``0 * inf`` nor its derivative is formed); a row of all ``-inf``, or one
     with ``+inf`` or NaN, gives NaN, as ``torch.distributions.Categorical`` does."""
     xp = problem.xp
-    x = xp.astype(problem.logits, problem.compute_dtype, copy=False)
+    x = xp.astype(problem.predictions, problem.compute_dtype, copy=False)
     shifted = x - stable_max(xp, x, -1)
     exponentials = xp.exp(shifted)
     total = xp.sum(exponentials, axis=-1, keepdims=True)

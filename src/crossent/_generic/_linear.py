@@ -45,6 +45,7 @@ __all__ = [
     "linear_cross_entropy",
     "linear_cross_entropy_value_and_grad",
     "rows_of",
+    "times_factor",
     "upstream_factor",
 ]
 
@@ -291,17 +292,23 @@ def chunk_pass(
     ``gradient``, the gradient of their sum with respect to the chunk's logits, each row
     multiplied by its ``factor`` (an array of the chunk's rows, a number, or None for 1).
     ``logits``: the chunk's, where a kernel made them (else :meth:`Linear.logits`)."""
-    xp = p.xp
     if logits is None:
         logits = p.logits(hidden)
     result = cross_entropy_pass(p.chunk(logits, target), smoothing, gradient=gradient)
-    g = result.gradient
-    if g is not None and isinstance(factor, float):
+    return result.loss, times_factor(p, result.gradient, factor)
+
+
+def times_factor(p: Linear, g: Array | None, factor: Array | float | None) -> Array | None:
+    """A chunk's gradient ``g`` with each row times its ``factor`` (an array of the chunk's
+    rows, a number, or None for 1), in the compute dtype; None for no gradient."""
+    if g is None:
+        return None
+    if isinstance(factor, float):
         g = g * factor
-    elif g is not None and factor is not None:
+    elif factor is not None:
         rows: Array = factor
         g = g * (rows if len(rows.shape) == 0 else rows[:, None])
-    return result.loss, None if g is None else xp.astype(g, p.compute_dtype, copy=False)
+    return p.xp.astype(g, p.compute_dtype, copy=False)
 
 
 def chunk_gradients(

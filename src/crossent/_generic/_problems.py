@@ -34,6 +34,7 @@ from .._validation import (
 from ._arrays import as_array, is_eager
 
 __all__ = [
+    "ClassAxisLast",
     "Classes",
     "Pass",
     "Pointwise",
@@ -173,8 +174,31 @@ class Problem:
 # --- Categorical losses -----------------------------------------------------------------------
 
 
+class ClassAxisLast:
+    """The layout of a problem whose ``predictions`` hold the class axis last, where the
+    caller's was ``axis``: :class:`Classes`, and ``_divergence.Distributions``."""
+
+    xp: Namespace
+    predictions: Array
+    axis: int
+
+    def to_caller_layout(self, x: Array) -> Array:
+        return self.xp.moveaxis(x, -1, self.axis)
+
+    def caller_predictions(self) -> Array:
+        return self.to_caller_layout(self.predictions)
+
+    def with_predictions(self, x: Array, **changes: Any) -> Any:
+        return dataclasses.replace(  # type: ignore[type-var]
+            self, predictions=self.xp.moveaxis(x, self.axis, -1), **changes
+        )
+
+    def loss_axes(self) -> tuple[int, ...]:
+        return (self.axis,)
+
+
 @dataclass(frozen=True)
-class Classes(Problem):
+class Classes(ClassAxisLast, Problem):
     """One call of a categorical loss, checked, with the class axis last."""
 
     #: The predictions (logits, log-probabilities or probabilities), class axis last, in the
@@ -250,19 +274,7 @@ class Classes(Problem):
     def count(self) -> int:
         return self.num_positions
 
-    def to_caller_layout(self, x: Array) -> Array:
-        return self.xp.moveaxis(x, -1, self.axis)
-
     others: ClassVar[tuple[str, ...]] = ("target", "weight", "sample_weight")
-
-    def caller_predictions(self) -> Array:
-        return self.to_caller_layout(self.predictions)
-
-    def with_predictions(self, x: Array, **changes: Any) -> Classes:
-        return dataclasses.replace(self, predictions=self.xp.moveaxis(x, self.axis, -1), **changes)
-
-    def loss_axes(self) -> tuple[int, ...]:
-        return (self.axis,)
 
 
 def prepare_classes(

@@ -53,6 +53,7 @@ from ._linear import (
     finish_gradients,
     gradient_factor,
     rows_of,
+    times_factor,
 )
 from ._problems import Classes, Pass, as_default_integer
 
@@ -301,16 +302,9 @@ def chunk_pass(
     """:func:`._linear.chunk_pass` of a slice of the classes: the losses of one chunk of
     positions (of the whole), and with ``gradient`` the gradient of their sum with respect to
     this member's logits of the chunk, each row times its ``factor``."""
-    xp = p.xp
     chunk = p.chunk(p.logits(hidden), target)
     result = cross_entropy_pass(chunk, smoothing, group, gradient=gradient)
-    g = result.gradient
-    if g is not None and isinstance(factor, float):
-        g = g * factor
-    elif g is not None and factor is not None:
-        rows: Array = factor
-        g = g * (rows if len(rows.shape) == 0 else rows[:, None])
-    return result.loss, None if g is None else xp.astype(g, p.compute_dtype, copy=False)
+    return result.loss, times_factor(p, result.gradient, factor)
 
 
 def linear_pass(
