@@ -12,10 +12,10 @@ from ._binary import (
     sigmoid_focal_loss,
 )
 from ._categorical import cross_entropy, cross_entropy_from_probs, nll_loss
+from ._categorical_variants import poly1_cross_entropy, softmax_focal_loss
 from ._divergence import entropy, kl_div
 from ._linear import linear_cross_entropy
 from ._softmax import log_sigmoid, log_softmax, logsumexp, softmax
-from ._variants import poly1_cross_entropy, softmax_focal_loss
 
 # isort: split
 # last: the declarations of the losses above fill the list its docstrings give

@@ -86,7 +86,7 @@ def direct_cross_entropy(
     z_loss: float = 0.0,
     sample_weight: torch.Tensor | None = None,
     process_group: object = None,
-) -> Array:
+) -> Array | None:
     if not (
         process_group is None  # classes split among processes: the sharded path
         and softcap is None  # crossent's options beyond torch's: the kernel composes them
@@ -127,7 +127,7 @@ def direct_nll_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     sample_weight: torch.Tensor | None = None,
-) -> Array:
+) -> Array | None:
     # The loss itself takes microseconds: the checks are written out, and torch is called
     # with positional arguments, to keep crossent's cost within a few percent of it.
     if sample_weight is not None:
@@ -190,7 +190,7 @@ def direct_binary_cross_entropy(
     weight: torch.Tensor | None = None,
     reduction: str = "mean",
     eps: float | None = None,
-) -> Array:
+) -> Array | None:
     # With eps, crossent checks the probabilities before clipping them: the full path.
     if eps is not None or not (
         _same_dtype(probs, target, weight) and _plain(probs, -1, reduction)
@@ -211,7 +211,7 @@ def direct_binary_cross_entropy_with_logits(
     weight: torch.Tensor | None = None,
     pos_weight: torch.Tensor | None = None,
     reduction: str = "mean",
-) -> Array:
+) -> Array | None:
     if weight is None and pos_weight is None and _plain(logits, -1, reduction):
         blocked = _blocked_half_bce_with_logits(logits, target, reduction)
         if blocked is not None:

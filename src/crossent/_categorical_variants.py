@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._dispatch import loss
-from ._generic import _variants as generic
+from ._generic import _categorical_variants as generic
 from ._generic._problems import Classes, prepare_classes
 from ._typing import Array
 from ._validation import check_epsilon, check_gamma, check_unit_interval
