@@ -39,9 +39,9 @@ def _argument_names(
     if not numbers or not all(isinstance(i, int) and not isinstance(i, bool) for i in numbers):
         raise TypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
     positional = [
-        p.name
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        parameter.name
+        for parameter in signature.parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
     ]
     allowed = declared.arguments or (positional[0],)
     described = ", ".join(f"{n} ({positional.index(n)})" for n in allowed)
@@ -165,8 +165,8 @@ def value_and_grad(
                     f"argnums asks for the gradient of {n}, which is None: pass {n}, or leave "
                     f"its position out of argnums"
                 )
-        picked = tuple(found[n] for n in chosen)
-        return value, picked[0] if isinstance(argnums, int) else picked
+        chosen_gradients = tuple(found[n] for n in chosen)
+        return value, chosen_gradients[0] if isinstance(argnums, int) else chosen_gradients
 
     loss_and_gradient.__name__ = f"value_and_grad_{name}"
     loss_and_gradient.__qualname__ = loss_and_gradient.__name__

@@ -35,7 +35,7 @@ from .._typing import Array, Namespace
 __all__ = ["KERNELS"]
 
 #: The statistics of one row of a block, in the order a block's task writes them.
-_FIELDS = ("max", "total", "picked", "shifted_sum", "mass")
+_FIELDS = ("max", "total", "target_logit", "shifted_sum", "mass")
 
 
 def _statistics_dtype(dtype: Any) -> np.dtype[Any]:
@@ -66,7 +66,7 @@ def _block_statistics(
     """The statistics of one block of logits over ``axis`` (kept, of length 1).
 
     ``classes`` are the block's class numbers and ``index`` each row's target class (the
-    picked logit is the target's where the block holds it, else 0); ``coefficients`` are the
+    target logit is the target's where the block holds it, else 0); ``coefficients`` are the
     ``a`` of the shifted sum, of the block's shape or one per class, or ``scalar`` for every
     class; with neither the shifted sum is not made. Dask's reduction calls it with ``axis``
     and ``keepdims``, which is always True.
@@ -85,7 +85,7 @@ def _block_statistics(
             local = index[..., None] - classes[0]
             inside = (local >= 0) & (local < x.shape[-1])
             taken = np.take_along_axis(x, np.where(inside, local, 0), axis=-1)
-            out["picked"] = np.where(inside, taken, 0.0)
+            out["target_logit"] = np.where(inside, taken, 0.0)
         if coefficients is not None or scalar is not None:
             a = scalar if coefficients is None else coefficients
             out["shifted_sum"] = np.sum(shifted * a, axis=axis, keepdims=True)
@@ -121,7 +121,7 @@ def _merge(
         shifted_sum = np.where(mass == 0, stats["shifted_sum"], stats["shifted_sum"] + move * mass)
         out["max"] = top
         out["total"] = np.sum(moved, axis=axis, keepdims=True)
-        out["picked"] = np.sum(stats["picked"], axis=axis, keepdims=True)
+        out["target_logit"] = np.sum(stats["target_logit"], axis=axis, keepdims=True)
         out["shifted_sum"] = np.sum(shifted_sum, axis=axis, keepdims=True)
         out["mass"] = np.sum(mass, axis=axis, keepdims=True)
     return out
@@ -150,10 +150,10 @@ def _reduce(
 
 
 def _row_statistics(
-    p: Classes, index: Array | None, coefficients: Array | float | None
+    problem: Classes, index: Array | None, coefficients: Array | float | None
 ) -> RowStatistics:
     """:func:`crossent._generic._categorical.row_statistics` in one pass over the blocks."""
-    x = p.scores()
+    x = problem.scores()
     letters = string.ascii_letters[: x.ndim]
     rows, cls = letters[:-1], letters[-1]
     classes = da.arange(x.shape[-1], chunks=(x.chunks[-1],), dtype=np.int64)
@@ -184,23 +184,25 @@ def _row_statistics(
     return RowStatistics(
         shift=shift,
         total=stats["total"][..., 0],
-        picked=None if index is None else stats["picked"][..., 0] - row_shift,
+        target_logit=None if index is None else stats["target_logit"][..., 0] - row_shift,
         shifted_sum=None if coefficients is None else stats["shifted_sum"][..., 0],
         mass=stats["mass"][..., 0],
     )
 
 
-def cross_entropy(p: Classes, smoothing: float) -> Array | None:
-    if 0 in p.predictions.shape:
+def cross_entropy(problem: Classes, smoothing: float) -> Array | None:
+    if 0 in problem.predictions.shape:
         return None
-    return p.reduce(cross_entropy_pass(p, smoothing, gradient=False, statistics=_row_statistics))
+    return problem.reduce(
+        cross_entropy_pass(problem, smoothing, gradient=False, statistics=_row_statistics)
+    )
 
 
-def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> tuple[Array, Array] | None:
-    if 0 in p.predictions.shape:
+def cross_entropy_value_and_grad(problem: Classes, smoothing: float) -> tuple[Array, Array] | None:
+    if 0 in problem.predictions.shape:
         return None
-    return p.value_and_grad(
-        cross_entropy_pass(p, smoothing, gradient=True, statistics=_row_statistics)
+    return problem.value_and_grad(
+        cross_entropy_pass(problem, smoothing, gradient=True, statistics=_row_statistics)
     )
 
 

@@ -42,22 +42,22 @@ def _analytic(
 ) -> Callable[..., Array]:
     """The JAX kernel of the generic ``loss``, differentiated with ``value_and_grad``."""
 
-    def kernel(p: Problem, *options: Any) -> Array:
-        names = [n for n in p.others if _differentiable(getattr(p, n))]
+    def kernel(problem: Problem, *options: Any) -> Array:
+        names = [n for n in problem.others if _differentiable(getattr(problem, n))]
 
         @jax.custom_jvp
         def compute(x: Array, others: dict[str, Array]) -> Array:
-            return loss(p.with_predictions(x, **others), *options)
+            return loss(problem.with_predictions(x, **others), *options)
 
         def rule(primals: Any, tangents: Any) -> tuple[Array, Array]:
             x, others = primals
             dx, d_others = tangents
             # in the compute dtype (float32 for half precision), rounded once at the end
-            exact = p.with_predictions(x, **others, dtype=p.compute_dtype)
+            exact = problem.with_predictions(x, **others, dtype=problem.compute_dtype)
             value, gradient = value_and_grad(exact, *options)
             out = jnp.zeros(value.shape, value.dtype)
             if not isinstance(dx, SymbolicZero):
-                out = out + p.contract(gradient, dx.astype(gradient.dtype))
+                out = out + problem.contract(gradient, dx.astype(gradient.dtype))
             moved = {n: t for n, t in d_others.items() if not isinstance(t, SymbolicZero)}
             if moved:  # the generic loss's own derivative in them
                 fixed = {n: others[n] for n in names if n not in moved}
@@ -67,10 +67,12 @@ def _analytic(
 
                 chosen = {n: others[n] for n in moved}
                 out = out + jax.jvp(in_others, (chosen,), (moved,))[1]
-            return value.astype(p.dtype), out.astype(p.dtype)
+            return value.astype(problem.dtype), out.astype(problem.dtype)
 
         compute.defjvp(rule, symbolic_zeros=True)
-        result: Array = compute(p.caller_predictions(), {n: getattr(p, n) for n in names})
+        result: Array = compute(
+            problem.caller_predictions(), {n: getattr(problem, n) for n in names}
+        )
         return result
 
     kernel.__name__ = kernel.__qualname__ = loss.__name__
@@ -86,7 +88,7 @@ def _differentiable(x: Array | None) -> bool:
 
 
 def _linear_scan(
-    p: Linear,
+    problem: Linear,
     smoothing: float,
     wanted: tuple[bool, bool, bool],
     factor: Array | float | None,
@@ -106,22 +108,22 @@ def _linear_scan(
     chunk before count there only (their gradient factor is 0 here, their losses dropped).
     Nothing is padded: a padded copy of ``hidden`` or of a target of class probabilities
     would be as large as they are."""
-    n, d = p.hidden.shape
-    v = p.num_classes
-    compute = p.compute_dtype
+    n, d = problem.hidden.shape
+    v = problem.num_classes
+    compute = problem.compute_dtype
     gradient = any(wanted)
     sum_weight = gradient and wanted[1]
-    sum_bias = gradient and wanted[2] and p.bias is not None
+    sum_bias = gradient and wanted[2] and problem.bias is not None
     carry = (
         jnp.zeros((v, d), compute) if sum_weight else None,
         jnp.zeros((v,), compute) if sum_bias else None,
     )
     if n == 0:
-        empty = jnp.zeros((0, d), p.dtype) if gradient and wanted[0] else None
+        empty = jnp.zeros((0, d), problem.dtype) if gradient and wanted[0] else None
         return jnp.zeros((0,), compute), empty, carry[0], carry[1]
-    parts = math.gcd(n, p.chunk_size, _parts(_POSITION_PARTS))
+    parts = math.gcd(n, problem.chunk_size, _parts(_POSITION_PARTS))
     rows = n // parts  # of each part
-    count = -(-n // p.chunk_size)
+    count = -(-n // problem.chunk_size)
     size = -(-rows // count)  # of each part, in one chunk: parts * size <= chunk_size rows
     per_row = factor is not None and not isinstance(factor, float) and factor.ndim == 1
 
@@ -136,7 +138,7 @@ def _linear_scan(
     def step(carry: Any, i: Array) -> tuple[Any, Any]:
         d_weight, d_bias = carry
         start = jnp.minimum(i * size, rows - size)
-        hidden, target = take(p.hidden, start), take(p.target, start)
+        hidden, target = take(problem.hidden, start), take(problem.target, start)
         factors = None
         if gradient:
             fresh = start + jnp.arange(size) >= i * size  # not in the chunk before
@@ -146,11 +148,17 @@ def _linear_scan(
                 shared = take(factor, start)
             factors = jnp.where(fresh, shared, 0.0).astype(compute)
         loss, g = _linear.chunk_pass(
-            p, smoothing, hidden, target, factors, gradient=gradient, logits=_logits(p, hidden)
+            problem,
+            smoothing,
+            hidden,
+            target,
+            factors,
+            gradient=gradient,
+            logits=_logits(problem, hidden),
         )
         if g is None:
             return carry, (loss, None)
-        dh, _, db = _linear.chunk_gradients(p, g, hidden, (wanted[0], False, sum_bias))
+        dh, _, db = _linear.chunk_gradients(problem, g, hidden, (wanted[0], False, sum_bias))
         if sum_weight:
             # on a GPU, products of half-precision operands summed in float32; a CPU's are
             # fastest in float32
@@ -172,14 +180,14 @@ def _linear_scan(
     return rows_once(loss), None if dh is None else rows_once(dh), carry[0], carry[1]
 
 
-def _logits(p: Linear, hidden: Array) -> Array:
+def _logits(problem: Linear, hidden: Array) -> Array:
     """A chunk's logits as :meth:`Linear.logits` makes them, with half-precision operands
     multiplied into float32 by XLA itself (the tensor cores of a GPU), not converted first."""
-    compute = p.compute_dtype
-    out = jnp.matmul(hidden, p.weight.T, preferred_element_type=compute)
-    if p.bias is not None:
-        out = out + p.bias.astype(compute)
-    return out if compute == p.dtype else out.astype(p.dtype).astype(compute)
+    compute = problem.compute_dtype
+    out = jnp.matmul(hidden, problem.weight.T, preferred_element_type=compute)
+    if problem.bias is not None:
+        out = out + problem.bias.astype(compute)
+    return out if compute == problem.dtype else out.astype(problem.dtype).astype(compute)
 
 
 def _add_weight_gradient(d_weight: Array, g: Array, hidden: Array) -> Array:
@@ -270,10 +278,10 @@ def _class_slices(v: int, rows: int) -> tuple[int, int, int]:
     return parts, count, rest // count
 
 
-def _linear_problem(p: Linear, arrays: tuple[Any, ...]) -> Linear:
+def _linear_problem(problem: Linear, arrays: tuple[Any, ...]) -> Linear:
     hidden, weight, bias, target, class_weight, sample_weight = arrays
     return dataclasses.replace(
-        p,
+        problem,
         hidden=hidden,
         weight=weight,
         bias=bias,
@@ -287,7 +295,7 @@ def _linear_problem(p: Linear, arrays: tuple[Any, ...]) -> Linear:
 _NOT_DIFFERENTIATED = ("target", "class_weight", "sample_weight")
 
 
-def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
+def linear_cross_entropy(problem: Linear, smoothing: float) -> Array:
     """The scan of chunks in a ``jax.custom_vjp``: with a scalar reduction the forward pass of
     ``jax.grad`` computes the gradients from the logits it makes anyway, and the backward pass
     scales them; with ``reduction="none"`` the backward pass makes each chunk's logits again,
@@ -299,7 +307,7 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
 
     @jax.custom_vjp
     def compute(*arrays: Any) -> Array:
-        return value(_linear_problem(p, arrays))
+        return value(_linear_problem(problem, arrays))
 
     def forward(*primals: Any) -> tuple[Array, Any]:
         arrays = tuple(None if x is None else x.value for x in primals)
@@ -310,7 +318,7 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
                     "linear_cross_entropy is differentiated in hidden, weight and bias only, "
                     f"not in its {name}; wrap it in jax.lax.stop_gradient"
                 )
-        q = _linear_problem(p, arrays)
+        q = _linear_problem(problem, arrays)
         wanted = (moved[0], moved[1], moved[2])
         # float16: the backward pass makes the gradient, with the upstream one (a loss scale)
         # in it before it is rounded, as the dense computation rounds it
@@ -324,7 +332,7 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
         arrays, wanted, gradients = residuals
         if isinstance(upstream, SymbolicZero):
             return (None,) * 6
-        q = _linear_problem(p, arrays)
+        q = _linear_problem(problem, arrays)
         if gradients is None:
             factor = _linear.upstream_factor(q, upstream)
             _, *gradients = _linear_scan(q, smoothing, wanted, factor)
@@ -339,16 +347,23 @@ def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
     compute.defvjp(forward, backward, symbolic_zeros=True)
     # every array a primal, also those never differentiated: one closed over would leak a
     # tracer of the transform around the call (jax.grad in sample_weight)
-    out: Array = compute(p.hidden, p.weight, p.bias, p.target, p.class_weight, p.sample_weight)
+    out: Array = compute(
+        problem.hidden,
+        problem.weight,
+        problem.bias,
+        problem.target,
+        problem.class_weight,
+        problem.sample_weight,
+    )
     return out
 
 
 def linear_cross_entropy_value_and_grad(
-    p: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
+    problem: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
 ) -> tuple[Array, tuple[Array | None, ...]]:
-    losses, *gradients = _linear_scan(p, smoothing, wanted, _linear.gradient_factor(p))
-    value = p.reduce_losses(losses)
-    return value, _linear.finish_gradients(p, wanted, *gradients)
+    losses, *gradients = _linear_scan(problem, smoothing, wanted, _linear.gradient_factor(problem))
+    value = problem.reduce_losses(losses)
+    return value, _linear.finish_gradients(problem, wanted, *gradients)
 
 
 #: The kernels written here; :func:`kernels` adds the analytic derivative of every other loss.

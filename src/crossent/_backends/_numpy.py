@@ -24,7 +24,7 @@ import numpy as np
 from .._generic import _categorical, _linear
 from .._generic._categorical import IndexTerms
 from .._generic._linear import Linear
-from .._generic._problems import Classes, Pass
+from .._generic._problems import Classes, Unreduced
 
 __all__ = ["KERNELS"]
 
@@ -127,24 +127,24 @@ class _Rows:
     rows ``x[a, :, b0:b1].T`` of one ``a``, or those of several whole ones, which a block
     copies into its buffer."""
 
-    def __init__(self, p: Classes, x: np.ndarray) -> None:
-        self.classes = p.num_classes
-        caller = np.moveaxis(x, -1, p.axis)  # the caller's array, a view
+    def __init__(self, problem: Classes, x: np.ndarray) -> None:
+        self.classes = problem.num_classes
+        caller = np.moveaxis(x, -1, problem.axis)  # the caller's array, a view
         self.strided = not x.flags.c_contiguous
         self.array: np.ndarray
         if self.strided:
             assert caller.flags.c_contiguous
-            before = math.prod(caller.shape[: p.axis])
-            self.span = math.prod(caller.shape[p.axis + 1 :])  # positions per a
+            before = math.prod(caller.shape[: problem.axis])
+            self.span = math.prod(caller.shape[problem.axis + 1 :])  # positions per a
             self.array = caller.reshape(before, self.classes, self.span)
         else:
             self.span = x.size // self.classes if x.size else 1
             self.array = x.reshape(-1, self.classes)
 
     @staticmethod
-    def applies(p: Classes, x: np.ndarray) -> bool:
+    def applies(problem: Classes, x: np.ndarray) -> bool:
         return x.size > 0 and (
-            x.flags.c_contiguous or np.moveaxis(x, -1, p.axis).flags.c_contiguous
+            x.flags.c_contiguous or np.moveaxis(x, -1, problem.axis).flags.c_contiguous
         )
 
     def stop(self, lo: int, hi: int) -> int:
@@ -184,16 +184,16 @@ class _Rows:
             )
 
 
-def _applies(p: Classes) -> bool:
+def _applies(problem: Classes) -> bool:
     """Whether the kernel reads this problem: otherwise (a class axis that is neither last nor
     in a C-contiguous array, an empty one) the generic path runs."""
-    if not _Rows.applies(p, p.predictions):
+    if not _Rows.applies(problem, problem.predictions):
         return False
-    return p.index_target or _Rows.applies(p, p.target)
+    return problem.index_target or _Rows.applies(problem, problem.target)
 
 
 def _statistics(
-    p: Classes,
+    problem: Classes,
     terms: IndexTerms | None,
     smoothing: float,
     gradient: np.ndarray | None = None,
@@ -217,36 +217,38 @@ def _statistics(
     terms' weights (class indices) or multiply each row's loss and each term of its gradient
     (class probabilities).
     """
-    logits = _Rows(p, p.predictions)
-    targets = None if terms is not None else _Rows(p, p.target)
-    rows, classes = p.num_positions, p.num_classes
-    dtype = np.dtype(p.compute_dtype)
+    logits = _Rows(problem, problem.predictions)
+    targets = None if terms is not None else _Rows(problem, problem.target)
+    rows, classes = problem.num_positions, problem.num_classes
+    dtype = np.dtype(problem.compute_dtype)
     convert = logits.array.dtype != dtype  # float16: each block is converted as it is read
-    cap = p.softcap
+    cap = problem.softcap
     copy = convert or logits.strided or cap is not None
-    z_loss = p.z_loss
+    z_loss = problem.z_loss
     shifts = np.empty(rows, dtype=dtype) if z_loss > 0.0 else None
-    sample = None if p.sample_weight is None else np.asarray(p.sample_weight).reshape(-1)
+    sample = (
+        None if problem.sample_weight is None else np.asarray(problem.sample_weight).reshape(-1)
+    )
     log_norm = np.empty(rows, dtype=dtype)
-    picked = np.empty(rows, dtype=dtype)  # the target logit, or the target's sum of them
+    target_logit = np.empty(rows, dtype=dtype)  # the target logit, or the target's sum of them
     mass = np.empty(rows, dtype=dtype) if terms is None else None
     shifted_sum = np.empty(rows, dtype=dtype) if terms is not None and smoothing > 0 else None
-    class_weights = None if p.weight is None else np.asarray(p.weight)
+    class_weights = None if problem.weight is None else np.asarray(problem.weight)
     block_rows = max(1, BLOCK_ELEMENTS // classes)
     grad_rows = None if gradient is None else gradient.reshape(-1, classes)
-    index = None if terms is None else np.asarray(terms.pick.index).reshape(-1)
+    index = None if terms is None else np.asarray(terms.picks.index).reshape(-1)
 
     if gradient is not None:
         if terms is not None:
-            kept = np.asarray(terms.pick.kept).reshape(-1)
+            kept = np.asarray(terms.picks.kept).reshape(-1)
             row_scale = kept.astype(dtype) if scale is None else np.where(kept, scale, 0.0)
-            softmax_scale = row_scale * np.asarray(terms.softmax_coefficient(p)).reshape(-1)
+            softmax_scale = row_scale * np.asarray(terms.softmax_coefficient(problem)).reshape(-1)
             target_term = row_scale * np.asarray(terms.target_term()).reshape(-1)
             # (eps / C) w_c, taken from every class of a kept position (times its sample weight)
             spread = (smoothing / classes) * (1.0 if class_weights is None else class_weights)
-            spread_scale = row_scale * np.asarray(terms.pick.kept_weight).reshape(-1)
+            spread_scale = row_scale * np.asarray(terms.picks.kept_weight).reshape(-1)
             # the z-loss's 2 z_loss w_n, times lse_n in the block
-            z_scale = (2.0 * z_loss) * row_scale * np.asarray(terms.pick.weight).reshape(-1)
+            z_scale = (2.0 * z_loss) * row_scale * np.asarray(terms.picks.weight).reshape(-1)
         else:
             row_scale = np.broadcast_to(np.asarray(1.0 if scale is None else scale, dtype), rows)
             if sample is not None:  # each term of the gradient, as the generic weigh_rows
@@ -295,12 +297,12 @@ def _statistics(
                 if smoothing > 0.0:
                     weighted *= 1.0 - smoothing
                     weighted += smoothing / classes
-                if p.weight is not None:
+                if problem.weight is not None:
                     weighted *= class_weights
                 mass[lo:hi] = weighted @ ones  # type: ignore[index]
-                picked[lo:hi] = np.einsum("ij,ij->i", weighted, out)
+                target_logit[lo:hi] = np.einsum("ij,ij->i", weighted, out)
             else:
-                picked[lo:hi] = out[local, index[lo:hi]]  # type: ignore[index]
+                target_logit[lo:hi] = out[local, index[lo:hi]]  # type: ignore[index]
                 if shifted_sum is not None:
                     np.matmul(out, class_weights, out=shifted_sum[lo:hi])
             np.exp(out, out=out)
@@ -330,66 +332,69 @@ def _statistics(
             lo = hi
 
     _run_blocks(rows, classes, work)
-    shape = p.predictions.shape[:-1]
+    shape = problem.predictions.shape[:-1]
     shift_rows = None if shifts is None else shifts.reshape(shape)
     if terms is None:
-        return log_norm.reshape(shape), mass.reshape(shape), picked.reshape(shape), shift_rows  # type: ignore[union-attr]
+        statistics = (log_norm, mass, target_logit)
+        return (*(x.reshape(shape) for x in statistics), shift_rows)  # type: ignore[union-attr]
     return (
         log_norm.reshape(shape),
-        picked.reshape(shape),
+        target_logit.reshape(shape),
         None if shifted_sum is None else shifted_sum.reshape(shape),
         shift_rows,
     )
 
 
-def _loss(p: Classes, smoothing: float, statistics: tuple[np.ndarray, ...], terms: Any) -> Any:
+def _loss(
+    problem: Classes, smoothing: float, statistics: tuple[np.ndarray, ...], terms: Any
+) -> Any:
     if terms is not None:
-        return terms.loss(p, *statistics)
+        return terms.loss(problem, *statistics)
     log_norm, mass, target_sum, shift = statistics
     loss = log_norm * mass - target_sum  # the generic path's loss of class probabilities
     if shift is not None:  # the z-loss
         lse = shift + log_norm
-        loss = loss + p.z_loss * (lse * lse)
-    return loss if p.sample_weight is None else loss * np.asarray(p.sample_weight)
+        loss = loss + problem.z_loss * (lse * lse)
+    return loss if problem.sample_weight is None else loss * np.asarray(problem.sample_weight)
 
 
-def _weight_sum(p: Classes, terms: IndexTerms | None) -> Any:
+def _weight_sum(problem: Classes, terms: IndexTerms | None) -> Any:
     """What ``"mean"`` divides by where it is not the number of positions."""
     if terms is not None:
-        return terms.weight_sum(p)
-    return None if p.sample_weight is None else np.sum(p.sample_weight)
+        return terms.weight_sum(problem)
+    return None if problem.sample_weight is None else np.sum(problem.sample_weight)
 
 
-def cross_entropy(p: Classes, smoothing: float) -> Any:
-    if not _applies(p):
+def cross_entropy(problem: Classes, smoothing: float) -> Any:
+    if not _applies(problem):
         return None
-    terms = IndexTerms.of(p, smoothing) if p.index_target else None
-    loss = _loss(p, smoothing, _statistics(p, terms, smoothing), terms)
-    return p.reduce(Pass(loss, _weight_sum(p, terms)))
+    terms = IndexTerms.of(problem, smoothing) if problem.index_target else None
+    loss = _loss(problem, smoothing, _statistics(problem, terms, smoothing), terms)
+    return problem.reduce(Unreduced(loss, _weight_sum(problem, terms)))
 
 
-def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> Any:
-    if not _applies(p):
+def cross_entropy_value_and_grad(problem: Classes, smoothing: float) -> Any:
+    if not _applies(problem):
         return None
-    terms = IndexTerms.of(p, smoothing) if p.index_target else None
-    weight_sum = _weight_sum(p, terms)
+    terms = IndexTerms.of(problem, smoothing) if problem.index_target else None
+    weight_sum = _weight_sum(problem, terms)
     # The mean's 1 / W goes into the block loop: no second pass over the gradient. As torch's,
     # it is NaN at kept positions whose total weight W is 0 (ignored ones stay 0).
     scale = None
-    if p.reduction == "mean":
-        total = float(p.num_positions if weight_sum is None else weight_sum)
+    if problem.reduction == "mean":
+        total = float(problem.num_positions if weight_sum is None else weight_sum)
         scale = 1.0 / total if total != 0.0 else math.nan
-    gradient = np.empty(p.predictions.shape, dtype=p.compute_dtype)
-    statistics = _statistics(p, terms, smoothing, gradient, scale)
-    loss = p.reduce(Pass(_loss(p, smoothing, statistics, terms), weight_sum))
-    return loss, p.finish(p.to_caller_layout(gradient))
+    gradient = np.empty(problem.predictions.shape, dtype=problem.compute_dtype)
+    statistics = _statistics(problem, terms, smoothing, gradient, scale)
+    loss = problem.reduce(Unreduced(_loss(problem, smoothing, statistics, terms), weight_sum))
+    return loss, problem.finish(problem.to_caller_layout(gradient))
 
 
 # --- linear_cross_entropy ---------------------------------------------------------------------
 
 
 def _linear_pass(
-    p: Linear, smoothing: float, wanted: tuple[bool, bool, bool], gradient: bool
+    problem: Linear, smoothing: float, wanted: tuple[bool, bool, bool], gradient: bool
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None] | None:
     """Every chunk of positions through one buffer of the chunk's logits: made by BLAS into
     it, turned into the losses and (with ``gradient``) into the gradient with respect to them
@@ -397,44 +402,44 @@ def _linear_pass(
     gradients. The weight's gradient is summed in slices of classes, each product into a
     scratch slice a quarter of the buffer's size: NumPy's ``matmul`` cannot add into its
     output, and a scratch array of the weight's size would be the largest temporary of all."""
-    n, d = p.hidden.shape
-    v = p.num_classes
-    dtype = np.dtype(p.compute_dtype)
-    if p.hidden.dtype != dtype or n == 0:  # float16: the generic path
+    n, d = problem.hidden.shape
+    v = problem.num_classes
+    dtype = np.dtype(problem.compute_dtype)
+    if problem.hidden.dtype != dtype or n == 0:  # float16: the generic path
         return None
-    index_target = p.index_target
+    index_target = problem.index_target
     # each position's gradient factor (the mean's, times its sample weight): a number, an
     # array of the positions or None
-    scale = _linear.gradient_factor(p) if gradient else None
+    scale = _linear.gradient_factor(problem) if gradient else None
     losses = np.empty(n, dtype=dtype)
     d_hidden = np.empty((n, d), dtype=dtype) if gradient and wanted[0] else None
     d_weight = np.zeros((v, d), dtype=dtype) if gradient and wanted[1] else None
     d_bias = None
-    if gradient and wanted[2] and p.bias is not None:
+    if gradient and wanted[2] and problem.bias is not None:
         d_bias = np.zeros(v, dtype=dtype)
-    rows = min(p.chunk_size, n)
+    rows = min(problem.chunk_size, n)
     buffer = np.empty((rows, v), dtype=dtype)
     classes_per_slice = max(1, rows * v // 4 // max(d, 1))
     scratch = (
         np.empty((min(v, classes_per_slice), d), dtype=dtype) if d_weight is not None else None
     )
     ones = np.ones(rows, dtype=dtype)
-    for start, stop in p.spans():
-        hidden = p.hidden[start:stop]
+    for start, stop in problem.spans():
+        hidden = problem.hidden[start:stop]
         logits = buffer[: stop - start]
-        np.matmul(hidden, p.weight.T, out=logits)
-        if p.bias is not None:
-            logits += p.bias
-        target = p.target[start:stop]
+        np.matmul(hidden, problem.weight.T, out=logits)
+        if problem.bias is not None:
+            logits += problem.bias
+        target = problem.target[start:stop]
         if not index_target:  # rows the blocks can read (a copy of the chunk's, if need be)
             target = np.ascontiguousarray(target, dtype=dtype)
-        cp = p.chunk(logits, target)
+        cp = problem.chunk(logits, target)
         terms = IndexTerms.of(cp, smoothing) if index_target else None
         rows_scale = _linear.rows_of(scale, start, stop)
         statistics = _statistics(cp, terms, smoothing, logits if gradient else None, rows_scale)
         losses[start:stop] = _loss(cp, smoothing, statistics, terms)
         if d_hidden is not None:
-            np.matmul(logits, p.weight, out=d_hidden[start:stop])
+            np.matmul(logits, problem.weight, out=d_hidden[start:stop])
         if d_bias is not None:
             d_bias += ones[: stop - start] @ logits
         if d_weight is not None:
@@ -447,22 +452,22 @@ def _linear_pass(
     return losses, d_hidden, d_weight, d_bias
 
 
-def linear_cross_entropy(p: Linear, smoothing: float) -> Any:
-    result = _linear_pass(p, smoothing, _linear.NO_GRADIENTS, gradient=False)
+def linear_cross_entropy(problem: Linear, smoothing: float) -> Any:
+    result = _linear_pass(problem, smoothing, _linear.NO_GRADIENTS, gradient=False)
     if result is None:
         return None
-    return p.reduce_losses(result[0])
+    return problem.reduce_losses(result[0])
 
 
 def linear_cross_entropy_value_and_grad(
-    p: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
+    problem: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
 ) -> Any:
-    result = _linear_pass(p, smoothing, wanted, gradient=True)
+    result = _linear_pass(problem, smoothing, wanted, gradient=True)
     if result is None:
         return None
     losses, *gradients = result
-    value = p.reduce_losses(losses)
-    return value, _linear.finish_gradients(p, wanted, *gradients)
+    value = problem.reduce_losses(losses)
+    return value, _linear.finish_gradients(problem, wanted, *gradients)
 
 
 KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {

@@ -84,18 +84,20 @@ class _ShardedCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
     def forward(
         ctx: Any,
         predictions: torch.Tensor,
-        p: ShardedClasses,
+        problem: ShardedClasses,
         smoothing: float,
         group: TorchCollectives,
     ) -> torch.Tensor:
-        result = _sharded.cross_entropy_pass(p, smoothing, group, gradient=True)
+        result = _sharded.cross_entropy_pass(problem, smoothing, group, gradient=True)
         # in the layout of ``predictions`` (class axis last) and the compute dtype: rounded to
         # the input dtype only once the upstream gradient (a loss scale) is in it
-        layout = dataclasses.replace(p, dtype=p.compute_dtype, axis=len(p.predictions.shape) - 1)
+        layout = dataclasses.replace(
+            problem, dtype=problem.compute_dtype, axis=len(problem.predictions.shape) - 1
+        )
         ctx.gradient = layout.reduced_gradient(result)
-        ctx.kept = result.kept if p.reduction == "none" else None
-        ctx.dtype = p.dtype
-        out: torch.Tensor = p.reduce(result)
+        ctx.kept = result.kept if problem.reduction == "none" else None
+        ctx.dtype = problem.dtype
+        out: torch.Tensor = problem.reduce(result)
         return out
 
     @staticmethod
@@ -108,16 +110,16 @@ class _ShardedCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         return (grad * scale).to(ctx.dtype), None, None, None
 
 
-def cross_entropy(p: ShardedClasses, smoothing: float, group: TorchCollectives) -> Array:
-    if p.weight is not None and p.weight.requires_grad:
+def cross_entropy(problem: ShardedClasses, smoothing: float, group: TorchCollectives) -> Array:
+    if problem.weight is not None and problem.weight.requires_grad:
         raise TypeError(
             "cross_entropy with process_group is differentiated in logits only, not in its "
             "weight; pass weight.detach()"
         )
-    if not torch.is_grad_enabled() or not p.predictions.requires_grad:
+    if not torch.is_grad_enabled() or not problem.predictions.requires_grad:
         with torch.no_grad():
-            return _sharded.cross_entropy(p, smoothing, group)
-    out: torch.Tensor = _ShardedCrossEntropy.apply(p.predictions, p, smoothing, group)
+            return _sharded.cross_entropy(problem, smoothing, group)
+    out: torch.Tensor = _ShardedCrossEntropy.apply(problem.predictions, problem, smoothing, group)
     return out
 
 
@@ -126,20 +128,22 @@ def cross_entropy(p: ShardedClasses, smoothing: float, group: TorchCollectives) 
 
 def _linear_pass(
     group: TorchCollectives,
-    p: ShardedLinear,
+    problem: ShardedLinear,
     smoothing: float,
     wanted: tuple[bool, bool, bool],
     factor: Any,
 ) -> tuple[Any, Any, Any, Any]:
-    return _sharded.linear_pass(p, smoothing, group, wanted, factor)
+    return _sharded.linear_pass(problem, smoothing, group, wanted, factor)
 
 
-def linear_cross_entropy(p: ShardedLinear, smoothing: float, group: TorchCollectives) -> Array:
+def linear_cross_entropy(
+    problem: ShardedLinear, smoothing: float, group: TorchCollectives
+) -> Array:
     """torch's ``linear_cross_entropy`` Function (gradients in the forward pass for a scalar
     reduction, scaled in the backward pass; the chunks made again for ``"none"`` and half
     precision), each chunk the sharded one: its two all-reduces, and ``hidden``'s gradient
     summed over the group."""
-    return _torch.linear_autograd(p, smoothing, functools.partial(_linear_pass, group))
+    return _torch.linear_autograd(problem, smoothing, functools.partial(_linear_pass, group))
 
 
 #: The generic sharded function -> its kernel here, with the same arguments.

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from .._typing import Array, Namespace
 from .._validation import num_elements, outside_unit_interval
-from ._problems import Pass, Pointwise
+from ._problems import Pointwise, Unreduced
 from ._stable import at_least, clip_probs, mark_bad, softplus_pair
 
 __all__ = [
@@ -90,71 +90,73 @@ Terms = Callable[[Namespace, Array, Array], Array]
 
 
 def binary_cross_entropy_pass(
-    p: Pointwise,
+    problem: Pointwise,
     eps: float | None,
     *,
     gradient: bool,
     terms: Terms = binary_cross_entropy_terms,
-) -> Pass:
+) -> Unreduced:
     """The elementwise loss, and with ``gradient`` its derivative as torch's backward computes
     it, 0 where ``eps`` clipped ``p``."""
-    xp = p.xp
-    probs, inside = (p.pred, None) if eps is None else clip_probs(xp, p.pred, eps)
-    loss = terms(xp, probs, p.target)
+    xp = problem.xp
+    probs, inside = (problem.pred, None) if eps is None else clip_probs(xp, problem.pred, eps)
+    loss = terms(xp, probs, problem.target)
     grad = None
     if gradient:
-        grad = binary_cross_entropy_slope(xp, probs, p.target)
+        grad = binary_cross_entropy_slope(xp, probs, problem.target)
         if inside is not None:
             grad = xp.where(inside, grad, 0.0)
-    if p.weight is not None:
-        loss = loss * p.weight
-        grad = None if grad is None else grad * p.weight
-    if not p.eager:
-        outside = outside_unit_interval(xp, p.pred, None) | outside_unit_interval(
-            xp, p.target, None
+    if problem.weight is not None:
+        loss = loss * problem.weight
+        grad = None if grad is None else grad * problem.weight
+    if not problem.eager:
+        outside = outside_unit_interval(xp, problem.pred, None) | outside_unit_interval(
+            xp, problem.target, None
         )
         loss = mark_bad(xp, loss, outside)
         grad = None if grad is None else mark_bad(xp, grad, outside)
-    return Pass(loss, None, grad)
+    return Unreduced(loss, None, grad)
 
 
-def binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
-    return p.reduce(binary_cross_entropy_pass(p, eps, gradient=False))
+def binary_cross_entropy(problem: Pointwise, eps: float | None) -> Array:
+    return problem.reduce(binary_cross_entropy_pass(problem, eps, gradient=False))
 
 
-def binary_cross_entropy_value_and_grad(p: Pointwise, eps: float | None) -> tuple[Array, Array]:
-    return p.value_and_grad(binary_cross_entropy_pass(p, eps, gradient=True))
+def binary_cross_entropy_value_and_grad(
+    problem: Pointwise, eps: float | None
+) -> tuple[Array, Array]:
+    return problem.value_and_grad(binary_cross_entropy_pass(problem, eps, gradient=True))
 
 
 # --- binary_cross_entropy_with_logits ---------------------------------------------------------
 
 
-def binary_cross_entropy_with_logits_pass(p: Pointwise, *, gradient: bool) -> Pass:
+def binary_cross_entropy_with_logits_pass(problem: Pointwise, *, gradient: bool) -> Unreduced:
     """The elementwise loss, and with ``gradient`` its derivative
     ``w [sigmoid(x) (1 + (q - 1) t) - q t]``; neither overflows for any logit."""
-    xp = p.xp
-    x, t = p.pred, p.target
+    xp = problem.xp
+    x, t = problem.pred, problem.target
     # -log(1 - sigmoid(x)) = softplus(x) and -log(sigmoid(x)) = softplus(-x); exp(-|x|) gives
     # the sigmoid on both sides of 0 without overflow.
     negative_term, positive_term, decay = softplus_pair(xp, x)
-    weighted_target = t if p.pos_weight is None else t * p.pos_weight
+    weighted_target = t if problem.pos_weight is None else t * problem.pos_weight
     loss = weighted_target * positive_term + (1.0 - t) * negative_term
     grad = None
     if gradient:
         sigmoid = xp.where(x > 0, 1.0, decay) / (1.0 + decay)  # softplus_pair's branch
         grad = sigmoid * (1.0 - t + weighted_target) - weighted_target
-    if p.weight is not None:
-        loss = loss * p.weight
-        grad = None if grad is None else grad * p.weight
-    return Pass(loss, None, grad)
+    if problem.weight is not None:
+        loss = loss * problem.weight
+        grad = None if grad is None else grad * problem.weight
+    return Unreduced(loss, None, grad)
 
 
-def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
-    return p.reduce(binary_cross_entropy_with_logits_pass(p, gradient=False))
+def binary_cross_entropy_with_logits(problem: Pointwise) -> Array:
+    return problem.reduce(binary_cross_entropy_with_logits_pass(problem, gradient=False))
 
 
-def binary_cross_entropy_with_logits_value_and_grad(p: Pointwise) -> tuple[Array, Array]:
-    return p.value_and_grad(binary_cross_entropy_with_logits_pass(p, gradient=True))
+def binary_cross_entropy_with_logits_value_and_grad(problem: Pointwise) -> tuple[Array, Array]:
+    return problem.value_and_grad(binary_cross_entropy_with_logits_pass(problem, gradient=True))
 
 
 # --- sigmoid_focal_loss -----------------------------------------------------------------------
@@ -187,8 +189,8 @@ def _focusing(xp: Namespace, miss: Array, gamma: float) -> Array | None:
 
 
 def sigmoid_focal_loss_pass(
-    p: Pointwise, alpha: float | None, gamma: float, *, gradient: bool
-) -> Pass:
+    problem: Pointwise, alpha: float | None, gamma: float, *, gradient: bool
+) -> Unreduced:
     """The elementwise loss ``a_t ce q**gamma`` and with ``gradient`` its derivative.
 
     With ``s = sigmoid(x)``, ``r = sigmoid(-x)``, the miss ``q = 1 - p_t = t r + (1 - t) s``
@@ -201,16 +203,16 @@ def sigmoid_focal_loss_pass(
     and is 0 where ``q`` is 0 (then ``s r`` is too), so the gradient stays finite where the
     prediction is exactly right, whatever ``gamma``. ``p.weight`` holds the sample weights:
     ``"mean"`` divides by their sum."""
-    xp = p.xp
-    x, t = p.pred, p.target
+    xp = problem.xp
+    x, t = problem.pred, problem.target
     softplus, softplus_of_minus, sigmoid, complement = sigmoid_pair(xp, x)
     cross_entropy = t * softplus_of_minus + (1.0 - t) * softplus
     miss = t * complement + (1.0 - t) * sigmoid
     focus = _focusing(xp, miss, gamma)
     loss = cross_entropy if focus is None else cross_entropy * focus
     factor = None if alpha is None else alpha * t + (1.0 - alpha) * (1.0 - t)
-    if p.weight is not None:
-        factor = p.weight if factor is None else factor * p.weight
+    if problem.weight is not None:
+        factor = problem.weight if factor is None else factor * problem.weight
     grad = None
     if gradient:
         # each term times the focus and the factor, as torch's arithmetic of the product has
@@ -227,19 +229,19 @@ def sigmoid_focal_loss_pass(
     if factor is not None:
         loss = loss * factor
     denominator = None
-    if p.weight is not None and p.reduction == "mean":
-        denominator = xp.sum(xp.broadcast_to(p.weight, tuple(x.shape)))
-    return Pass(loss, denominator, grad)
+    if problem.weight is not None and problem.reduction == "mean":
+        denominator = xp.sum(xp.broadcast_to(problem.weight, tuple(x.shape)))
+    return Unreduced(loss, denominator, grad)
 
 
-def sigmoid_focal_loss(p: Pointwise, alpha: float | None, gamma: float) -> Array:
-    return p.reduce(sigmoid_focal_loss_pass(p, alpha, gamma, gradient=False))
+def sigmoid_focal_loss(problem: Pointwise, alpha: float | None, gamma: float) -> Array:
+    return problem.reduce(sigmoid_focal_loss_pass(problem, alpha, gamma, gradient=False))
 
 
 def sigmoid_focal_loss_value_and_grad(
-    p: Pointwise, alpha: float | None, gamma: float
+    problem: Pointwise, alpha: float | None, gamma: float
 ) -> tuple[Array, Array]:
-    return p.value_and_grad(sigmoid_focal_loss_pass(p, alpha, gamma, gradient=True))
+    return problem.value_and_grad(sigmoid_focal_loss_pass(problem, alpha, gamma, gradient=True))
 
 
 # --- multilabel_soft_margin_loss --------------------------------------------------------------
@@ -264,38 +266,38 @@ class MultiLabel(Pointwise):
         return num_elements(self.pred.shape[:-1])
 
 
-def multilabel_soft_margin_loss_pass(p: MultiLabel, *, gradient: bool) -> Pass:
+def multilabel_soft_margin_loss_pass(problem: MultiLabel, *, gradient: bool) -> Unreduced:
     """The loss of each position, the mean over its labels of the (weighted) binary
     cross-entropy with logits, and with ``gradient`` its derivative ``w (sigmoid(x) - t) / C``
     (times the sample weight), as ``(1 - t) sigmoid(x) - t sigmoid(-x)``: exact for labels
     where ``sigmoid(x)`` rounds to 1."""
-    xp = p.xp
-    x, t = p.pred, p.target
+    xp = problem.xp
+    x, t = problem.pred, problem.target
     softplus, softplus_of_minus, sigmoid, complement = sigmoid_pair(xp, x)
     terms = t * softplus_of_minus + (1.0 - t) * softplus
-    if p.weight is not None:
-        terms = terms * p.weight
-    loss = xp.sum(terms, axis=-1) / p.num_classes
+    if problem.weight is not None:
+        terms = terms * problem.weight
+    loss = xp.sum(terms, axis=-1) / problem.num_classes
     # each term of the gradient times the weights, as torch's arithmetic of the products has
     # it: an infinite weight gives NaN, not the sign of one term
-    scale = 1.0 / p.num_classes
-    if p.weight is not None:
-        scale = scale * p.weight
-    if p.sample_weight is not None:
-        loss = loss * p.sample_weight
-        scale = scale * xp.expand_dims(p.sample_weight, axis=-1)
+    scale = 1.0 / problem.num_classes
+    if problem.weight is not None:
+        scale = scale * problem.weight
+    if problem.sample_weight is not None:
+        loss = loss * problem.sample_weight
+        scale = scale * xp.expand_dims(problem.sample_weight, axis=-1)
     grad = None
     if gradient:
         grad = scale * ((1.0 - t) * sigmoid) - scale * (t * complement)
     denominator = None
-    if p.sample_weight is not None and p.reduction == "mean":
-        denominator = xp.sum(xp.broadcast_to(p.sample_weight, tuple(loss.shape)))
-    return Pass(loss, denominator, grad)
+    if problem.sample_weight is not None and problem.reduction == "mean":
+        denominator = xp.sum(xp.broadcast_to(problem.sample_weight, tuple(loss.shape)))
+    return Unreduced(loss, denominator, grad)
 
 
-def multilabel_soft_margin_loss(p: MultiLabel) -> Array:
-    return p.reduce(multilabel_soft_margin_loss_pass(p, gradient=False))
+def multilabel_soft_margin_loss(problem: MultiLabel) -> Array:
+    return problem.reduce(multilabel_soft_margin_loss_pass(problem, gradient=False))
 
 
-def multilabel_soft_margin_loss_value_and_grad(p: MultiLabel) -> tuple[Array, Array]:
-    return p.value_and_grad(multilabel_soft_margin_loss_pass(p, gradient=True))
+def multilabel_soft_margin_loss_value_and_grad(problem: MultiLabel) -> tuple[Array, Array]:
+    return problem.value_and_grad(multilabel_soft_margin_loss_pass(problem, gradient=True))

@@ -17,7 +17,7 @@ from array_api_compat import device
 from .._typing import Array, Namespace
 from .._validation import num_elements, outside_unit_interval
 from ._arrays import take_along_last
-from ._problems import Classes, Pass
+from ._problems import Classes, Unreduced
 from ._stable import clip_probs, mark_bad, safe_log, stable_max
 
 __all__ = [
@@ -35,8 +35,8 @@ __all__ = [
     "nll_loss",
     "nll_loss_pass",
     "nll_loss_value_and_grad",
-    "pick_classes",
-    "picks",
+    "picks_of",
+    "picks_of_indices",
     "row_statistics",
     "take_class",
     "weigh_rows",
@@ -68,20 +68,20 @@ class Picks:
         return None if self.bad is None else self.bad[..., None]
 
 
-def picks(p: Classes) -> Picks:
-    return pick_classes(
-        p.xp,
-        p.target,
-        p.num_classes,
-        p.weight,
-        p.ignore_index,
-        p.eager,
-        p.compute_dtype,
-        p.sample_weight,
+def picks_of(problem: Classes) -> Picks:
+    return picks_of_indices(
+        problem.xp,
+        problem.target,
+        problem.num_classes,
+        problem.weight,
+        problem.ignore_index,
+        problem.eager,
+        problem.compute_dtype,
+        problem.sample_weight,
     )
 
 
-def pick_classes(
+def picks_of_indices(
     xp: Namespace,
     t: Array,
     num_classes: int,
@@ -91,7 +91,7 @@ def pick_classes(
     dtype: object,
     sample_weight: Array | None = None,
 ) -> Picks:
-    """What the class indices ``t`` pick, over ``num_classes`` classes weighted by ``weight``
+    """What the class indices ``t`` picks, over ``num_classes`` classes weighted by ``weight``
     (or None), each position by ``sample_weight`` (or None), in the compute ``dtype``."""
     kept = t != ignore_index
     in_range = (t >= 0) & (t < num_classes)
@@ -122,18 +122,18 @@ def take_class(xp: Namespace, x: Array, index: Array) -> Array:
     return xp.sum(xp.where(index[..., None] == classes, x, 0.0), axis=-1)
 
 
-def is_target_class(p: Classes, pick: Picks) -> Array:
+def is_target_class(problem: Classes, picks: Picks) -> Array:
     """A boolean of the predictions' shape: whether each class is its position's target.
 
     A comparison that broadcasts, not a one-hot matrix of floats: JAX fuses it away, and
     elsewhere it is one byte per entry for the length of one expression.
     """
-    xp = p.xp
-    classes = xp.arange(p.local_classes, dtype=pick.index.dtype, device=device(pick.index))
-    offset = p.class_offset
+    xp = problem.xp
+    classes = xp.arange(problem.local_classes, dtype=picks.index.dtype, device=device(picks.index))
+    offset = problem.class_offset
     if not (isinstance(offset, int) and offset == 0):  # a slice of the classes
         classes = classes + offset
-    return pick.index[..., None] == classes
+    return picks.index[..., None] == classes
 
 
 # --- cross_entropy ----------------------------------------------------------------------------
@@ -156,7 +156,7 @@ class IndexTerms:
     This class turns them into losses, and gives the coefficients of the gradient.
     """
 
-    pick: Picks
+    picks: Picks
     smoothing: float
     #: ``w``, or 1.0 without class weights.
     class_weights: Array | float
@@ -164,68 +164,68 @@ class IndexTerms:
     class_weight_sum: Array | float
 
     @classmethod
-    def of(cls, p: Classes, smoothing: float) -> IndexTerms:
-        if p.weight is None:
-            return cls(picks(p), smoothing, 1.0, float(p.num_classes))
-        local = p.local_weight()
+    def of(cls, problem: Classes, smoothing: float) -> IndexTerms:
+        if problem.weight is None:
+            return cls(picks_of(problem), smoothing, 1.0, float(problem.num_classes))
+        local = problem.local_weight()
         assert local is not None
-        return cls(picks(p), smoothing, local, p.xp.sum(p.weight))
+        return cls(picks_of(problem), smoothing, local, problem.xp.sum(problem.weight))
 
     def loss(
         self,
-        p: Classes,
+        problem: Classes,
         log_norm: Array,
-        picked: Array,
+        target_logit: Array,
         shifted_sum: Array | None,
         shift: Array | None = None,
     ) -> Array:
         """The loss of each position from its three row statistics (and, for the z-loss, the
         ``shift`` ``m`` of each row, shape of ``log_norm``: ``lse = m + log_norm``)."""
-        xp, pick, smoothing = p.xp, self.pick, self.smoothing
-        loss = pick.weight * (log_norm - picked)
+        xp, picks, smoothing = problem.xp, self.picks, self.smoothing
+        loss = picks.weight * (log_norm - target_logit)
         if smoothing > 0.0:
             assert shifted_sum is not None
             smooth = self.class_weight_sum * log_norm - shifted_sum
-            if p.sample_weight is not None:
-                smooth = pick.kept_weight * smooth
-            loss = (1.0 - smoothing) * loss + (smoothing / p.num_classes) * smooth
-        if p.z_loss > 0.0:
+            if problem.sample_weight is not None:
+                smooth = picks.kept_weight * smooth
+            loss = (1.0 - smoothing) * loss + (smoothing / problem.num_classes) * smooth
+        if problem.z_loss > 0.0:
             assert shift is not None
             lse = shift + log_norm
-            loss = loss + p.z_loss * pick.weight * (lse * lse)
+            loss = loss + problem.z_loss * picks.weight * (lse * lse)
         # where, not a product: an ignored position's nll may be inf, and 0 * inf is NaN.
-        return mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+        return mark_bad(xp, xp.where(picks.kept, loss, 0.0), picks.bad)
 
-    def softmax_coefficient(self, p: Classes) -> Array:
+    def softmax_coefficient(self, problem: Classes) -> Array:
         """``s_n``, the factor of each position's softmax in its gradient (without the
         z-loss's, :meth:`z_coefficient`)."""
-        coefficient = (1.0 - self.smoothing) * self.pick.weight
+        coefficient = (1.0 - self.smoothing) * self.picks.weight
         if self.smoothing > 0.0:
-            share = (self.smoothing / p.num_classes) * self.class_weight_sum
-            coefficient = coefficient + share * self.pick.kept_weight
+            share = (self.smoothing / problem.num_classes) * self.class_weight_sum
+            coefficient = coefficient + share * self.picks.kept_weight
         return coefficient
 
-    def z_coefficient(self, p: Classes, lse: Array) -> Array:
+    def z_coefficient(self, problem: Classes, lse: Array) -> Array:
         """What the z-loss ``z_loss w_n lse_n**2`` adds to the softmax's factor:
         ``2 z_loss w_n lse_n``, 0 at ignored positions (whose ``lse`` may be inf)."""
-        z = (2.0 * p.z_loss) * self.pick.weight * lse
-        return p.xp.where(self.pick.kept, z, 0.0)
+        z = (2.0 * problem.z_loss) * self.picks.weight * lse
+        return problem.xp.where(self.picks.kept, z, 0.0)
 
     def target_term(self) -> Array:
         """What the gradient loses at each position's target class: ``(1 - eps) w_y``."""
-        return (1.0 - self.smoothing) * self.pick.weight
+        return (1.0 - self.smoothing) * self.picks.weight
 
-    def smoothing_term(self, p: Classes) -> Array | None:
+    def smoothing_term(self, problem: Classes) -> Array | None:
         """What smoothing takes from every class of a kept position: ``(eps / C) w_c``, shaped
         to broadcast against the rows; None without smoothing."""
         if self.smoothing == 0.0:
             return None
-        kept = self.pick.kept_weight[..., None]
-        return (self.smoothing / p.num_classes) * self.class_weights * kept
+        kept = self.picks.kept_weight[..., None]
+        return (self.smoothing / problem.num_classes) * self.class_weights * kept
 
-    def weight_sum(self, p: Classes) -> Array:
+    def weight_sum(self, problem: Classes) -> Array:
         """What ``"mean"`` divides by: the kept positions' total weight."""
-        return p.xp.sum(self.pick.weight)
+        return problem.xp.sum(self.picks.weight)
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ class RowStatistics:
     #: ``sum_c exp(x_c - m)``.
     total: Array
     #: ``x_y - m`` for class indices, else None.
-    picked: Array | None
+    target_logit: Array | None
     #: ``sum_c a_c (x_c - m)``, or None where no ``a`` was asked for.
     shifted_sum: Array | None
     #: ``sum_c a_c`` for class probabilities, else None.
@@ -258,46 +258,48 @@ class RowStatistics:
 
 
 def row_statistics(
-    p: Classes, index: Array | None, coefficients: Array | float | None
+    problem: Classes, index: Array | None, coefficients: Array | float | None
 ) -> RowStatistics:
-    """The :class:`RowStatistics` of ``p``'s logits, the whole rows at once.
+    """The :class:`RowStatistics` of ``problem``'s logits, the whole rows at once.
 
     ``index`` is the class of each position (or None), ``coefficients`` the ``a`` of the shifted
     sum: an array of the logits' shape (class probabilities), of shape ``(C,)`` or a number
     (class weights, all classes weighing the same for a number), or None for no sum.
     """
-    xp = p.xp
-    scores = p.scores()
+    xp = problem.xp
+    scores = problem.scores()
     shift = stable_max(xp, scores, -1)
     shifted = scores - shift
     exp_shifted = xp.exp(shifted)
     total = xp.sum(exp_shifted, axis=-1)
-    picked = shifted_sum = mass = None
+    target_logit = shifted_sum = mass = None
     if index is not None:
         # x_y - m, gathered from the logits rather than from x - m: the same subtraction, but
         # XLA then need not write x - m to memory for the gather (three times faster under
         # jax.jit).
-        picked = take_class(xp, scores, index) - shift[..., 0]
+        target_logit = take_class(xp, scores, index) - shift[..., 0]
     if coefficients is not None:
         shifted_sum = xp.sum(shifted * coefficients, axis=-1)
         if not isinstance(coefficients, float) and coefficients.ndim == scores.ndim:
             mass = xp.sum(coefficients, axis=-1)
-    return RowStatistics(shift, total, picked, shifted_sum, mass, exp_shifted, shifted)
+    return RowStatistics(shift, total, target_logit, shifted_sum, mass, exp_shifted, shifted)
 
 
-def coefficients(p: Classes, smoothing: float, terms: IndexTerms | None) -> Array | float | None:
+def coefficients(
+    problem: Classes, smoothing: float, terms: IndexTerms | None
+) -> Array | float | None:
     """The ``a`` of :class:`RowStatistics` for this call: the smoothed target times the class
     weights with class probabilities, the class weights with class indices and smoothing,
     None with class indices and no smoothing. Never the sample weights: with class
     probabilities they multiply each position's loss and gradient (:func:`weigh_rows`)."""
     if terms is None:
-        target = smoothed_targets(p.xp, p.target, smoothing)
-        return target if p.weight is None else target * p.weight
+        target = smoothed_targets(problem.xp, problem.target, smoothing)
+        return target if problem.weight is None else target * problem.weight
     return terms.class_weights if smoothing > 0.0 else None
 
 
 def weigh_rows(
-    p: Classes, loss: Array, softmax_coefficient: Array, a: Array
+    problem: Classes, loss: Array, softmax_coefficient: Array, a: Array
 ) -> tuple[Array, Array, Array, Array | None]:
     """A position's loss, its softmax's coefficient and its per-class term ``a`` (class
     probabilities) times its sample weight, and what ``"mean"`` divides by (None without
@@ -306,21 +308,21 @@ def weigh_rows(
     The weight multiplies the loss once it is made, and each term of the gradient, as torch's
     arithmetic of ``sample_weight * loss`` has it: an infinite weight gives an infinite loss
     (folded into ``a``, ``0 * inf`` would make it NaN) and a NaN gradient."""
-    s = p.sample_weight
+    s = problem.sample_weight
     if s is None:
         return loss, softmax_coefficient, a, None
-    return loss * s, softmax_coefficient * s, a * s[..., None], p.xp.sum(s)
+    return loss * s, softmax_coefficient * s, a * s[..., None], problem.xp.sum(s)
 
 
 def cross_entropy_pass(
-    p: Classes,
+    problem: Classes,
     smoothing: float,
     *,
     gradient: bool,
     statistics: Callable[[Classes, Array | None, Array | float | None], RowStatistics] = (
         row_statistics
     ),
-) -> Pass:
+) -> Unreduced:
     """Per-position cross-entropy, and with ``gradient`` the gradient of its sum, in one pass.
 
     The gradient of position n is ``s_n softmax(x_n) - (1 - eps) w_{y_n} onehot(y_n)
@@ -328,19 +330,19 @@ def cross_entropy_pass(
     term is a comparison, never a matrix. ``statistics`` reads the rows (:func:`row_statistics`
     by default); everything else is per position, or elementwise for the gradient.
     """
-    xp = p.xp
-    terms = IndexTerms.of(p, smoothing) if p.index_target else None
-    a = coefficients(p, smoothing, terms)
-    stats = statistics(p, None if terms is None else terms.pick.index, a)
+    xp = problem.xp
+    terms = IndexTerms.of(problem, smoothing) if problem.index_target else None
+    a = coefficients(problem, smoothing, terms)
+    stats = statistics(problem, None if terms is None else terms.picks.index, a)
     log_norm = safe_log(xp, stats.total)
 
     def exp_shifted() -> Array:
         if stats.exp_shifted is not None:
             return stats.exp_shifted
-        return xp.exp(p.scores() - stats.shift)
+        return xp.exp(problem.scores() - stats.shift)
 
     lse = None
-    if p.z_loss > 0.0:
+    if problem.z_loss > 0.0:
         lse = stats.shift[..., 0] + log_norm
 
     if terms is None:
@@ -351,106 +353,114 @@ def cross_entropy_pass(
         loss = log_norm * mass - stats.shifted_sum
         coefficient = mass
         if lse is not None:
-            loss = loss + p.z_loss * (lse * lse)
-            coefficient = coefficient + (2.0 * p.z_loss) * lse
-        loss, coefficient, a, denominator = weigh_rows(p, loss, coefficient, a)
+            loss = loss + problem.z_loss * (lse * lse)
+            coefficient = coefficient + (2.0 * problem.z_loss) * lse
+        loss, coefficient, a, denominator = weigh_rows(problem, loss, coefficient, a)
         if not gradient:
-            return Pass(loss, denominator)
+            return Unreduced(loss, denominator)
         grad = exp_shifted() * (coefficient / stats.total)[..., None] - a
-        return Pass(loss, denominator, _through_softcap(p, grad))
+        return Unreduced(loss, denominator, _through_softcap(problem, grad))
 
-    pick = terms.pick
-    assert stats.picked is not None
-    loss = terms.loss(p, log_norm, stats.picked, stats.shifted_sum, stats.shift[..., 0])
+    picks = terms.picks
+    assert stats.target_logit is not None
+    loss = terms.loss(
+        problem, log_norm, stats.target_logit, stats.shifted_sum, stats.shift[..., 0]
+    )
     if not gradient:
-        return Pass(loss, terms.weight_sum(p))
+        return Unreduced(loss, terms.weight_sum(problem))
 
-    coefficient = terms.softmax_coefficient(p)
+    coefficient = terms.softmax_coefficient(problem)
     if lse is not None:
-        coefficient = coefficient + terms.z_coefficient(p, lse)
+        coefficient = coefficient + terms.z_coefficient(problem, lse)
     grad = exp_shifted() * (coefficient / stats.total)[..., None]
-    smoothing_term = terms.smoothing_term(p)
+    smoothing_term = terms.smoothing_term(problem)
     if smoothing_term is not None:
         grad = grad - smoothing_term
-    grad = xp.where(is_target_class(p, pick), grad - terms.target_term()[..., None], grad)
-    grad = _through_softcap(p, mark_bad(xp, grad, pick.bad_rows()))
-    return Pass(loss, terms.weight_sum(p), grad, pick.kept)
+    grad = xp.where(is_target_class(problem, picks), grad - terms.target_term()[..., None], grad)
+    grad = _through_softcap(problem, mark_bad(xp, grad, picks.bad_rows()))
+    return Unreduced(loss, terms.weight_sum(problem), grad, picks.kept)
 
 
-def _through_softcap(p: Classes, grad: Array) -> Array:
+def _through_softcap(problem: Classes, grad: Array) -> Array:
     """The gradient with respect to the soft-capped logits, taken back to the logits."""
-    derivative = p.softcap_derivative()
+    derivative = problem.softcap_derivative()
     return grad if derivative is None else grad * derivative
 
 
-def cross_entropy(p: Classes, smoothing: float) -> Array:
-    return p.reduce(cross_entropy_pass(p, smoothing, gradient=False))
+def cross_entropy(problem: Classes, smoothing: float) -> Array:
+    return problem.reduce(cross_entropy_pass(problem, smoothing, gradient=False))
 
 
-def cross_entropy_value_and_grad(p: Classes, smoothing: float) -> tuple[Array, Array]:
-    return p.value_and_grad(cross_entropy_pass(p, smoothing, gradient=True))
+def cross_entropy_value_and_grad(problem: Classes, smoothing: float) -> tuple[Array, Array]:
+    return problem.value_and_grad(cross_entropy_pass(problem, smoothing, gradient=True))
 
 
 # --- nll_loss ---------------------------------------------------------------------------------
 
 
-def nll_loss_pass(p: Classes, *, gradient: bool) -> Pass:
+def nll_loss_pass(problem: Classes, *, gradient: bool) -> Unreduced:
     """Per-position NLL, and with ``gradient`` the gradient of its sum: ``-w_{y_n}`` at the
     target class of each kept position, 0 elsewhere."""
-    xp = p.xp
-    pick = picks(p)
-    picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
-    loss = -pick.weight * picked
-    loss = mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad)
+    xp = problem.xp
+    picks = picks_of(problem)
+    target_log_prob = xp.astype(
+        take_class(xp, problem.predictions, picks.index), problem.compute_dtype
+    )
+    loss = -picks.weight * target_log_prob
+    loss = mark_bad(xp, xp.where(picks.kept, loss, 0.0), picks.bad)
     grad = target = None
     if gradient:
-        target = is_target_class(p, pick)
-        grad = mark_bad(xp, xp.where(target, -pick.weight[..., None], 0.0), pick.bad_rows())
-    return Pass(loss, xp.sum(pick.weight), grad, pick.kept, target)
+        target = is_target_class(problem, picks)
+        grad = mark_bad(xp, xp.where(target, -picks.weight[..., None], 0.0), picks.bad_rows())
+    return Unreduced(loss, xp.sum(picks.weight), grad, picks.kept, target)
 
 
-def nll_loss(p: Classes) -> Array:
-    return p.reduce(nll_loss_pass(p, gradient=False))
+def nll_loss(problem: Classes) -> Array:
+    return problem.reduce(nll_loss_pass(problem, gradient=False))
 
 
-def nll_loss_value_and_grad(p: Classes) -> tuple[Array, Array]:
-    return p.value_and_grad(nll_loss_pass(p, gradient=True))
+def nll_loss_value_and_grad(problem: Classes) -> tuple[Array, Array]:
+    return problem.value_and_grad(nll_loss_pass(problem, gradient=True))
 
 
 # --- cross_entropy_from_probs -----------------------------------------------------------------
 
 
-def cross_entropy_from_probs_pass(p: Classes, eps: float, *, gradient: bool) -> Pass:
+def cross_entropy_from_probs_pass(problem: Classes, eps: float, *, gradient: bool) -> Unreduced:
     """Per-position NLL of clipped probabilities, and with ``gradient`` the gradient of its
     sum: ``-w t / clip(p)`` where ``p`` was not clipped, 0 where it was."""
-    xp = p.xp
-    outside = None if p.eager else outside_unit_interval(xp, p.predictions, -1)
-    if not p.index_target:
-        target = p.target if p.weight is None else p.target * p.weight
-        clipped, inside = clip_probs(xp, p.scores(), eps)
+    xp = problem.xp
+    outside = None if problem.eager else outside_unit_interval(xp, problem.predictions, -1)
+    if not problem.index_target:
+        target = problem.target if problem.weight is None else problem.target * problem.weight
+        clipped, inside = clip_probs(xp, problem.scores(), eps)
         absent = target == 0
         terms = xp.where(absent, 0.0, target * _log_where(xp, clipped, ~absent))
         loss = -xp.sum(terms, axis=-1)
-        loss, _, target, denominator = weigh_rows(p, loss, loss, target)
+        loss, _, target, denominator = weigh_rows(problem, loss, loss, target)
         loss = mark_bad(xp, loss, outside)
         grad = None
         if gradient:
             grad = xp.where(absent | ~inside, 0.0, -target / clipped)
             grad = mark_bad(xp, grad, None if outside is None else outside[..., None])
-        return Pass(loss, denominator, grad)
+        return Unreduced(loss, denominator, grad)
 
-    pick = picks(p)
-    picked = xp.astype(take_class(xp, p.predictions, pick.index), p.compute_dtype)
-    clipped, inside = clip_probs(xp, picked, eps)
-    loss = -pick.weight * _log_where(xp, clipped, pick.kept)
-    loss = mark_bad(xp, mark_bad(xp, xp.where(pick.kept, loss, 0.0), pick.bad), outside)
+    picks = picks_of(problem)
+    target_prob = xp.astype(
+        take_class(xp, problem.predictions, picks.index), problem.compute_dtype
+    )
+    clipped, inside = clip_probs(xp, target_prob, eps)
+    loss = -picks.weight * _log_where(xp, clipped, picks.kept)
+    loss = mark_bad(xp, mark_bad(xp, xp.where(picks.kept, loss, 0.0), picks.bad), outside)
     if not gradient:
-        return Pass(loss, xp.sum(pick.weight))
-    at_target = xp.where(pick.kept & inside, -pick.weight / clipped, 0.0)
-    target = is_target_class(p, pick)
-    grad = mark_bad(xp, xp.where(target, at_target[..., None], 0.0), pick.bad_rows())
+        return Unreduced(loss, xp.sum(picks.weight))
+    at_target = xp.where(picks.kept & inside, -picks.weight / clipped, 0.0)
+    target = is_target_class(problem, picks)
+    grad = mark_bad(xp, xp.where(target, at_target[..., None], 0.0), picks.bad_rows())
     outside_rows = None if outside is None else outside[..., None]
-    return Pass(loss, xp.sum(pick.weight), mark_bad(xp, grad, outside_rows), pick.kept, target)
+    return Unreduced(
+        loss, xp.sum(picks.weight), mark_bad(xp, grad, outside_rows), picks.kept, target
+    )
 
 
 def _log_where(xp: Namespace, probs: Array, used: Array) -> Array:
@@ -464,9 +474,9 @@ def _log_where(xp: Namespace, probs: Array, used: Array) -> Array:
     return xp.log(xp.where(used, probs, 1.0))
 
 
-def cross_entropy_from_probs(p: Classes, eps: float) -> Array:
-    return p.reduce(cross_entropy_from_probs_pass(p, eps, gradient=False))
+def cross_entropy_from_probs(problem: Classes, eps: float) -> Array:
+    return problem.reduce(cross_entropy_from_probs_pass(problem, eps, gradient=False))
 
 
-def cross_entropy_from_probs_value_and_grad(p: Classes, eps: float) -> tuple[Array, Array]:
-    return p.value_and_grad(cross_entropy_from_probs_pass(p, eps, gradient=True))
+def cross_entropy_from_probs_value_and_grad(problem: Classes, eps: float) -> tuple[Array, Array]:
+    return problem.value_and_grad(cross_entropy_from_probs_pass(problem, eps, gradient=True))

@@ -20,7 +20,7 @@ from ._categorical import (
     row_statistics,
     weigh_rows,
 )
-from ._problems import Classes, Pass
+from ._problems import Classes, Unreduced
 from ._stable import mark_bad, safe_log
 
 __all__ = [
@@ -62,7 +62,7 @@ def focal_factors(xp: Namespace, log_p: Array, gamma: float) -> tuple[Array, Arr
     return term, q_gamma * (1.0 - gamma * slope)
 
 
-def softmax_focal_loss_pass(p: Classes, gamma: float, *, gradient: bool) -> Pass:
+def softmax_focal_loss_pass(problem: Classes, gamma: float, *, gradient: bool) -> Unreduced:
     """Per-position focal loss ``-w (1 - p)**gamma log p``, and with ``gradient`` the gradient
     of its sum, in one pass.
 
@@ -72,11 +72,11 @@ def softmax_focal_loss_pass(p: Classes, gamma: float, *, gradient: bool) -> Pass
     pass itself.
     """
     if gamma == 0.0:
-        return cross_entropy_pass(p, 0.0, gradient=gradient)
-    xp = p.xp
-    if not p.index_target:
-        a = coefficients(p, 0.0, None)
-        stats = row_statistics(p, None, None)
+        return cross_entropy_pass(problem, 0.0, gradient=gradient)
+    xp = problem.xp
+    if not problem.index_target:
+        a = coefficients(problem, 0.0, None)
+        stats = row_statistics(problem, None, None)
         log_norm = safe_log(xp, stats.total)
         assert stats.shifted is not None
         log_p = stats.shifted - log_norm[..., None]
@@ -84,62 +84,64 @@ def softmax_focal_loss_pass(p: Classes, gamma: float, *, gradient: bool) -> Pass
         loss = -xp.sum(a * term, axis=-1)
         weighted = a * slope
         total = xp.sum(weighted, axis=-1)
-        loss, total, weighted, denominator = weigh_rows(p, loss, total, weighted)
+        loss, total, weighted, denominator = weigh_rows(problem, loss, total, weighted)
         if not gradient:
-            return Pass(loss, denominator)
+            return Unreduced(loss, denominator)
         assert stats.exp_shifted is not None
         grad = stats.exp_shifted * (total / stats.total)[..., None] - weighted
-        return Pass(loss, denominator, grad)
+        return Unreduced(loss, denominator, grad)
 
-    terms = IndexTerms.of(p, 0.0)
-    pick = terms.pick
-    stats = row_statistics(p, pick.index, None)
-    assert stats.picked is not None
+    terms = IndexTerms.of(problem, 0.0)
+    picks = terms.picks
+    stats = row_statistics(problem, picks.index, None)
+    assert stats.target_logit is not None
     log_norm = safe_log(xp, stats.total)
-    log_p = stats.picked - log_norm
+    log_p = stats.target_logit - log_norm
     term, slope = focal_factors(xp, log_p, gamma)
     # where, not a product: an ignored position's log p may be -inf or NaN
-    loss = mark_bad(xp, xp.where(pick.kept, -pick.weight * term, 0.0), pick.bad)
+    loss = mark_bad(xp, xp.where(picks.kept, -picks.weight * term, 0.0), picks.bad)
     if not gradient:
-        return Pass(loss, terms.weight_sum(p))
-    coefficient = xp.where(pick.kept, pick.weight * slope, 0.0)
-    grad = _softmax_less_target(p, stats.exp_shifted, stats.total, coefficient, coefficient, pick)
-    return Pass(loss, terms.weight_sum(p), grad, pick.kept)
+        return Unreduced(loss, terms.weight_sum(problem))
+    coefficient = xp.where(picks.kept, picks.weight * slope, 0.0)
+    grad = _softmax_less_target(
+        problem, stats.exp_shifted, stats.total, coefficient, coefficient, picks
+    )
+    return Unreduced(loss, terms.weight_sum(problem), grad, picks.kept)
 
 
 def _softmax_less_target(
-    p: Classes,
+    problem: Classes,
     exp_shifted: Array | None,
     total: Array,
     softmax_coefficient: Array,
     target_coefficient: Array,
-    pick: Picks,
+    picks: Picks,
     smoothing_term: Array | None = None,
 ) -> Array:
     """``s_n softmax(x_n) - t_n onehot(y_n) (- smoothing_term)``, NaN at bad positions."""
-    xp = p.xp
+    xp = problem.xp
     assert exp_shifted is not None
     grad = exp_shifted * (softmax_coefficient / total)[..., None]
     if smoothing_term is not None:
         grad = grad - smoothing_term
-    grad = xp.where(is_target_class(p, pick), grad - target_coefficient[..., None], grad)
-    return mark_bad(xp, grad, pick.bad_rows())
+    grad = xp.where(is_target_class(problem, picks), grad - target_coefficient[..., None], grad)
+    return mark_bad(xp, grad, picks.bad_rows())
 
 
-def softmax_focal_loss(p: Classes, gamma: float) -> Array:
-    return p.reduce(softmax_focal_loss_pass(p, gamma, gradient=False))
+def softmax_focal_loss(problem: Classes, gamma: float) -> Array:
+    return problem.reduce(softmax_focal_loss_pass(problem, gamma, gradient=False))
 
 
-def softmax_focal_loss_value_and_grad(p: Classes, gamma: float) -> tuple[Array, Array]:
-    return p.value_and_grad(softmax_focal_loss_pass(p, gamma, gradient=True))
+def softmax_focal_loss_value_and_grad(problem: Classes, gamma: float) -> tuple[Array, Array]:
+    return problem.value_and_grad(softmax_focal_loss_pass(problem, gamma, gradient=True))
 
 
 # --- poly1_cross_entropy ----------------------------------------------------------------------
 
 
 def poly1_cross_entropy_pass(
-    p: Classes, epsilon: float, smoothing: float, *, gradient: bool
-) -> Pass:
+    problem: Classes, epsilon: float, smoothing: float, *, gradient: bool
+) -> Unreduced:
     """Per-position Poly-1 loss, cross-entropy plus ``epsilon`` times the first term of its
     expansion in ``1 - p``, and with ``gradient`` the gradient of its sum, in one pass.
 
@@ -150,13 +152,13 @@ def poly1_cross_entropy_pass(
     ``epsilon p (sum_c a_c p_c - a)``. ``epsilon = 0`` is cross-entropy's pass itself.
     """
     if epsilon == 0.0:
-        return cross_entropy_pass(p, smoothing, gradient=gradient)
-    xp = p.xp
-    if not p.index_target:
-        a = coefficients(p, smoothing, None)
+        return cross_entropy_pass(problem, smoothing, gradient=gradient)
+    xp = problem.xp
+    if not problem.index_target:
+        a = coefficients(problem, smoothing, None)
         assert a is not None
         assert not isinstance(a, float)
-        stats = row_statistics(p, None, a)
+        stats = row_statistics(problem, None, a)
         assert stats.shifted_sum is not None
         assert stats.mass is not None
         log_norm = safe_log(xp, stats.total)
@@ -165,45 +167,47 @@ def poly1_cross_entropy_pass(
         poly = xp.sum(a * -xp.expm1(log_p), axis=-1)
         loss = log_norm * stats.mass - stats.shifted_sum + epsilon * poly
         probs = xp.exp(log_p)
-        picked = xp.sum(a * probs, axis=-1)
-        coefficient = stats.mass + epsilon * picked
-        loss, coefficient, a, denominator = weigh_rows(p, loss, coefficient, a)
+        target_prob = xp.sum(a * probs, axis=-1)
+        coefficient = stats.mass + epsilon * target_prob
+        loss, coefficient, a, denominator = weigh_rows(problem, loss, coefficient, a)
         if not gradient:
-            return Pass(loss, denominator)
+            return Unreduced(loss, denominator)
         grad = probs * coefficient[..., None] - a * (1.0 + epsilon * probs)
-        return Pass(loss, denominator, grad)
+        return Unreduced(loss, denominator, grad)
 
-    terms = IndexTerms.of(p, smoothing)
-    pick = terms.pick
-    stats = row_statistics(p, pick.index, terms.class_weights if smoothing > 0.0 else None)
-    assert stats.picked is not None
+    terms = IndexTerms.of(problem, smoothing)
+    picks = terms.picks
+    stats = row_statistics(problem, picks.index, terms.class_weights if smoothing > 0.0 else None)
+    assert stats.target_logit is not None
     log_norm = safe_log(xp, stats.total)
-    ce = terms.loss(p, log_norm, stats.picked, stats.shifted_sum, stats.shift[..., 0])
-    log_p = stats.picked - log_norm
-    classes = p.num_classes
+    ce = terms.loss(problem, log_norm, stats.target_logit, stats.shifted_sum, stats.shift[..., 0])
+    log_p = stats.target_logit - log_norm
+    classes = problem.num_classes
     miss = (1.0 - smoothing) * -xp.expm1(log_p) + smoothing * (classes - 1) / classes
     # where, not a product: an ignored position's log p may be NaN
-    loss = ce + xp.where(pick.kept, (epsilon * pick.weight) * miss, 0.0)
+    loss = ce + xp.where(picks.kept, (epsilon * picks.weight) * miss, 0.0)
     if not gradient:
-        return Pass(loss, terms.weight_sum(p))
-    k = xp.where(pick.kept, (epsilon * (1.0 - smoothing)) * pick.weight * xp.exp(log_p), 0.0)
+        return Unreduced(loss, terms.weight_sum(problem))
+    k = xp.where(picks.kept, (epsilon * (1.0 - smoothing)) * picks.weight * xp.exp(log_p), 0.0)
     grad = _softmax_less_target(
-        p,
+        problem,
         stats.exp_shifted,
         stats.total,
-        terms.softmax_coefficient(p) + k,
+        terms.softmax_coefficient(problem) + k,
         terms.target_term() + k,
-        pick,
-        terms.smoothing_term(p),
+        picks,
+        terms.smoothing_term(problem),
     )
-    return Pass(loss, terms.weight_sum(p), grad, pick.kept)
+    return Unreduced(loss, terms.weight_sum(problem), grad, picks.kept)
 
 
-def poly1_cross_entropy(p: Classes, epsilon: float, smoothing: float) -> Array:
-    return p.reduce(poly1_cross_entropy_pass(p, epsilon, smoothing, gradient=False))
+def poly1_cross_entropy(problem: Classes, epsilon: float, smoothing: float) -> Array:
+    return problem.reduce(poly1_cross_entropy_pass(problem, epsilon, smoothing, gradient=False))
 
 
 def poly1_cross_entropy_value_and_grad(
-    p: Classes, epsilon: float, smoothing: float
+    problem: Classes, epsilon: float, smoothing: float
 ) -> tuple[Array, Array]:
-    return p.value_and_grad(poly1_cross_entropy_pass(p, epsilon, smoothing, gradient=True))
+    return problem.value_and_grad(
+        poly1_cross_entropy_pass(problem, epsilon, smoothing, gradient=True)
+    )

@@ -19,7 +19,7 @@ from .._validation import (
     shape_str,
 )
 from ._arrays import is_eager
-from ._problems import ClassAxisLast, Pass, Pointwise, Problem
+from ._problems import ClassAxisLast, Pointwise, Problem, Unreduced
 from ._stable import mark_bad, stable_max
 
 __all__ = [
@@ -34,11 +34,11 @@ __all__ = [
 ]
 
 
-def kl_div_pass(p: Pointwise, log_target: bool, *, gradient: bool) -> Pass:
+def kl_div_pass(problem: Pointwise, log_target: bool, *, gradient: bool) -> Unreduced:
     """The elementwise divergence, and with ``gradient`` its derivative with respect to
     ``log_probs``: minus the target probability."""
-    xp = p.xp
-    x, t = p.pred, p.target
+    xp = problem.xp
+    x, t = problem.pred, problem.target
     # A zero target contributes exactly 0. The values under the mask are replaced too, so that
     # no 0 * inf is ever formed: not in the result, not in a gradient, not in a warning.
     absent = (t == -xp.inf) if log_target else (t == 0)
@@ -52,17 +52,17 @@ def kl_div_pass(p: Pointwise, log_target: bool, *, gradient: bool) -> Pass:
     # ... but a NaN prediction stays NaN there, as torch's 0 * NaN does
     loss = mark_bad(xp, xp.where(absent, 0.0, terms), absent & xp.isnan(x))
     if not gradient:
-        return Pass(loss)
+        return Unreduced(loss)
     probability = xp.exp(safe_t) if log_target else safe_t
-    return Pass(loss, None, xp.where(absent, 0.0, -probability))
+    return Unreduced(loss, None, xp.where(absent, 0.0, -probability))
 
 
-def kl_div(p: Pointwise, log_target: bool) -> Array:
-    return p.reduce(kl_div_pass(p, log_target, gradient=False))
+def kl_div(problem: Pointwise, log_target: bool) -> Array:
+    return problem.reduce(kl_div_pass(problem, log_target, gradient=False))
 
 
-def kl_div_value_and_grad(p: Pointwise, log_target: bool) -> tuple[Array, Array]:
-    return p.value_and_grad(kl_div_pass(p, log_target, gradient=True))
+def kl_div_value_and_grad(problem: Pointwise, log_target: bool) -> tuple[Array, Array]:
+    return problem.value_and_grad(kl_div_pass(problem, log_target, gradient=True))
 
 
 # --- entropy ----------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def prepare_distributions(
     return dataclasses.replace(problem, sample_weight=weights)
 
 
-def entropy_pass(problem: Distributions, *, gradient: bool) -> Pass:
+def entropy_pass(problem: Distributions, *, gradient: bool) -> Unreduced:
     """The entropy of each position, ``-sum_c p_c log p_c`` with ``p = softmax(logits)``, as a
     sum of terms that are never negative (no cancellation where it is small), and with
     ``gradient`` its derivative ``p_c (-log p_c - H)``. A class of probability exactly 0 (a
@@ -136,14 +136,14 @@ def entropy_pass(problem: Distributions, *, gradient: bool) -> Pass:
         loss = loss * weights
         denominator = xp.sum(weights)
     if not gradient:
-        return Pass(loss, denominator)
+        return Unreduced(loss, denominator)
     # -log p_c - H = (the mean of the shifted logits under p) - s_c: no log Z to cancel, and
     # exactly 0 where every class is alike
     mean_shifted = xp.sum(xp.where(absent, 0.0, probs * safe_shifted), axis=-1, keepdims=True)
     d_logits = xp.where(absent, 0.0, probs * (mean_shifted - safe_shifted))
     if weights is not None:
         d_logits = d_logits * weights[..., None]
-    return Pass(loss, denominator, d_logits)
+    return Unreduced(loss, denominator, d_logits)
 
 
 def entropy(problem: Distributions) -> Array:

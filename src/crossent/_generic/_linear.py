@@ -29,8 +29,8 @@ from array_api_compat import device
 
 from .._typing import Array, DType, Namespace
 from ._arrays import reshape
-from ._categorical import Picks, cross_entropy_pass, pick_classes
-from ._problems import Classes, Pass, Problem
+from ._categorical import Picks, cross_entropy_pass, picks_of_indices
+from ._problems import Classes, Problem, Unreduced
 
 __all__ = [
     "CHUNK_BYTES_MAX",
@@ -194,8 +194,8 @@ class Linear(Problem):
         )
 
     def picks(self) -> Picks:
-        """What the class indices pick, over every position."""
-        return pick_classes(
+        """What the class indices picks, over every position."""
+        return picks_of_indices(
             self.xp,
             self.target,
             self.num_classes,
@@ -225,28 +225,28 @@ class Linear(Problem):
 
     def reduce_losses(self, losses: Array) -> Array:
         """The reduced loss of the positions' ``losses`` (before their sample weights)."""
-        return self.reduce(Pass(self.weigh(losses), self.denominator()))
+        return self.reduce(Unreduced(self.weigh(losses), self.denominator()))
 
 
-def gradient_factor(p: Linear) -> Array | float | None:
+def gradient_factor(problem: Linear) -> Array | float | None:
     """What the gradient of each position's loss is multiplied by for the reduction: None for
     ``"sum"`` and ``"none"`` (the gradient of the summed loss); for ``"mean"``, ``1 / N`` with
     class probabilities, and with class indices torch's ``1 / W`` at kept positions and 0 at
     ignored ones (NaN at kept ones where the total weight ``W`` is 0). With sample weights,
     times each position's (``"mean"`` then divides by their total, or the weighted ``W``)."""
-    xp = p.xp
-    s = p.sample_weight
-    if not p.index_target:
-        if p.reduction != "mean":
+    xp = problem.xp
+    s = problem.sample_weight
+    if not problem.index_target:
+        if problem.reduction != "mean":
             return s
         if s is None:
-            return 1.0 / p.num_positions if p.num_positions else float("nan")
+            return 1.0 / problem.num_positions if problem.num_positions else float("nan")
         return s * _inverse(xp, xp.sum(s))
-    if p.reduction != "mean":
-        return None if s is None else p.picks().kept_weight
-    pick = p.picks()
-    inverse = _inverse(xp, xp.sum(pick.weight))
-    return xp.where(pick.kept, inverse if s is None else inverse * pick.kept_weight, 0.0)
+    if problem.reduction != "mean":
+        return None if s is None else problem.picks().kept_weight
+    picks = problem.picks()
+    inverse = _inverse(xp, xp.sum(picks.weight))
+    return xp.where(picks.kept, inverse if s is None else inverse * picks.kept_weight, 0.0)
 
 
 def _inverse(xp: Namespace, total: Array) -> Array:
@@ -255,19 +255,19 @@ def _inverse(xp: Namespace, total: Array) -> Array:
     return xp.where(empty, xp.nan, 1.0 / xp.where(empty, 1.0, total))
 
 
-def upstream_factor(p: Linear, upstream: Array) -> Array:
+def upstream_factor(problem: Linear, upstream: Array) -> Array:
     """The factor of each position's gradient under ``upstream``, the gradient that autodiff
     brings to the loss (one number per position for ``"none"``, a 0-d array otherwise): the
     reduction's factor times it, and 0 at ignored positions whatever it is (torch's gradient
     there is 0 even where the upstream one is NaN). 0-d where every position has the same."""
-    xp = p.xp
-    up = xp.astype(upstream, p.compute_dtype)
-    if p.reduction == "none":
+    xp = problem.xp
+    up = xp.astype(upstream, problem.compute_dtype)
+    if problem.reduction == "none":
         up = reshape(xp, up, (-1,))
-    base = gradient_factor(p)
+    base = gradient_factor(problem)
     factor = up if base is None else base * up
-    if p.index_target:
-        factor = xp.where(p.picks().kept, factor, 0.0)
+    if problem.index_target:
+        factor = xp.where(problem.picks().kept, factor, 0.0)
     return factor
 
 
@@ -279,7 +279,7 @@ def rows_of(factor: Array | float | None, start: int, stop: int) -> Array | floa
 
 
 def chunk_pass(
-    p: Linear,
+    problem: Linear,
     smoothing: float,
     hidden: Array,
     target: Array,
@@ -293,12 +293,12 @@ def chunk_pass(
     multiplied by its ``factor`` (an array of the chunk's rows, a number, or None for 1).
     ``logits``: the chunk's, where a kernel made them (else :meth:`Linear.logits`)."""
     if logits is None:
-        logits = p.logits(hidden)
-    result = cross_entropy_pass(p.chunk(logits, target), smoothing, gradient=gradient)
-    return result.loss, times_factor(p, result.gradient, factor)
+        logits = problem.logits(hidden)
+    result = cross_entropy_pass(problem.chunk(logits, target), smoothing, gradient=gradient)
+    return result.loss, times_factor(problem, result.gradient, factor)
 
 
-def times_factor(p: Linear, g: Array | None, factor: Array | float | None) -> Array | None:
+def times_factor(problem: Linear, g: Array | None, factor: Array | float | None) -> Array | None:
     """A chunk's gradient ``g`` with each row times its ``factor`` (an array of the chunk's
     rows, a number, or None for 1), in the compute dtype; None for no gradient."""
     if g is None:
@@ -308,94 +308,94 @@ def times_factor(p: Linear, g: Array | None, factor: Array | float | None) -> Ar
     elif factor is not None:
         rows: Array = factor
         g = g * (rows if len(rows.shape) == 0 else rows[:, None])
-    return p.xp.astype(g, p.compute_dtype, copy=False)
+    return problem.xp.astype(g, problem.compute_dtype, copy=False)
 
 
 def chunk_gradients(
-    p: Linear, g: Array, hidden: Array, wanted: Wanted
+    problem: Linear, g: Array, hidden: Array, wanted: Wanted
 ) -> tuple[Array | None, Array | None, Array | None]:
     """A chunk's share of the three gradients, from ``g``, the gradient with respect to its
     logits: ``g @ weight`` (its rows of the hidden gradient, in the caller's dtype),
     ``g.T @ hidden`` and ``sum(g)`` (to be added up over the chunks, in the compute dtype)."""
-    xp = p.xp
+    xp = problem.xp
     d_hidden = d_weight = d_bias = None
     if wanted[0]:
-        d_hidden = xp.matmul(xp.astype(g, p.dtype, copy=False), p.weight)
+        d_hidden = xp.matmul(xp.astype(g, problem.dtype, copy=False), problem.weight)
     if wanted[1]:
-        rows = xp.astype(hidden, p.compute_dtype, copy=False)
+        rows = xp.astype(hidden, problem.compute_dtype, copy=False)
         d_weight = xp.matmul(xp.permute_dims(g, (1, 0)), rows)
     if wanted[2]:
         d_bias = xp.sum(g, axis=0)
     return d_hidden, d_weight, d_bias
 
 
-def _rows(p: Linear, start: int, stop: int) -> tuple[Array, Array]:
-    return p.hidden[start:stop, ...], p.target[start:stop, ...]
+def _rows(problem: Linear, start: int, stop: int) -> tuple[Array, Array]:
+    return problem.hidden[start:stop, ...], problem.target[start:stop, ...]
 
 
-def linear_cross_entropy(p: Linear, smoothing: float) -> Array:
+def linear_cross_entropy(problem: Linear, smoothing: float) -> Array:
     losses = [
-        chunk_pass(p, smoothing, *_rows(p, start, stop), None, gradient=False)[0]
-        for start, stop in p.spans()
+        chunk_pass(problem, smoothing, *_rows(problem, start, stop), None, gradient=False)[0]
+        for start, stop in problem.spans()
     ]
-    return p.reduce_losses(_join(p, losses))
+    return problem.reduce_losses(_join(problem, losses))
 
 
 def linear_cross_entropy_value_and_grad(
-    p: Linear, smoothing: float, wanted: Wanted
+    problem: Linear, smoothing: float, wanted: Wanted
 ) -> tuple[Array, tuple[Array | None, Array | None, Array | None]]:
     """The reduced loss and the gradients of ``hidden``, ``weight`` and ``bias`` that
     ``wanted`` asks for (None for the others), in the caller's shapes and dtype: of the
     reduced loss (for ``"none"``, of the summed loss)."""
-    factor = gradient_factor(p)
+    factor = gradient_factor(problem)
     losses, d_hidden = [], []
     d_weight = d_bias = None
-    for start, stop in p.spans():
-        hidden, target = _rows(p, start, stop)
+    for start, stop in problem.spans():
+        hidden, target = _rows(problem, start, stop)
         rows = rows_of(factor, start, stop)
-        loss, g = chunk_pass(p, smoothing, hidden, target, rows, gradient=True)
+        loss, g = chunk_pass(problem, smoothing, hidden, target, rows, gradient=True)
         assert g is not None
         losses.append(loss)
-        dh, dw, db = chunk_gradients(p, g, hidden, wanted)
+        dh, dw, db = chunk_gradients(problem, g, hidden, wanted)
         if dh is not None:
             d_hidden.append(dh)
         if dw is not None:
             d_weight = dw if d_weight is None else d_weight + dw
         if db is not None:
             d_bias = db if d_bias is None else d_bias + db
-    value = p.reduce_losses(_join(p, losses))
-    return value, finish_gradients(p, wanted, _join(p, d_hidden, 2), d_weight, d_bias)
+    value = problem.reduce_losses(_join(problem, losses))
+    return value, finish_gradients(problem, wanted, _join(problem, d_hidden, 2), d_weight, d_bias)
 
 
 def finish_gradients(
-    p: Linear,
+    problem: Linear,
     wanted: Wanted,
     d_hidden: Array | None,
     d_weight: Array | None,
     d_bias: Array | None,
 ) -> tuple[Array | None, Array | None, Array | None]:
     """The gradients in the caller's shapes and dtype; zeros where there were no positions."""
-    xp = p.xp
-    v, d = (int(s) for s in p.weight.shape)
+    xp = problem.xp
+    v, d = (int(s) for s in problem.weight.shape)
     out: list[Array | None] = []
     for want, grad, shape in (
-        (wanted[0], d_hidden, p.hidden_shape),
+        (wanted[0], d_hidden, problem.hidden_shape),
         (wanted[1], d_weight, (v, d)),
-        (wanted[2] and p.bias is not None, d_bias, (v,)),
+        (wanted[2] and problem.bias is not None, d_bias, (v,)),
     ):
         if not want:
             out.append(None)
             continue
         if grad is None:
-            grad = xp.zeros(shape, dtype=p.dtype, device=device(p.hidden))
-        out.append(xp.astype(reshape(xp, grad, shape), p.dtype, copy=False))
+            grad = xp.zeros(shape, dtype=problem.dtype, device=device(problem.hidden))
+        out.append(xp.astype(reshape(xp, grad, shape), problem.dtype, copy=False))
     return out[0], out[1], out[2]
 
 
-def _join(p: Linear, parts: list[Array], ndim: int = 1) -> Array:
+def _join(problem: Linear, parts: list[Array], ndim: int = 1) -> Array:
     """The chunks' rows as one array (an empty one where there are none)."""
-    xp = p.xp
+    xp = problem.xp
     if not parts:
-        shape = (0,) if ndim == 1 else (0, int(p.weight.shape[1]))
-        return xp.zeros(shape, dtype=p.compute_dtype, device=device(p.hidden))
+        shape = (0,) if ndim == 1 else (0, int(problem.weight.shape[1]))
+        return xp.zeros(shape, dtype=problem.compute_dtype, device=device(problem.hidden))
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)

@@ -2,7 +2,7 @@
 
 Every loss and its gradient work on a *problem*: :class:`Classes` for the categorical losses
 (``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``), :class:`Pointwise` for the
-elementwise ones (the binary losses, ``kl_div``). Both reduce the losses of one :class:`Pass`
+elementwise ones (the binary losses, ``kl_div``). Both reduce an :class:`Unreduced` loss
 the same way (:meth:`Problem.reduce`).
 """
 
@@ -36,9 +36,9 @@ from ._arrays import as_array, is_eager
 __all__ = [
     "ClassAxisLast",
     "Classes",
-    "Pass",
     "Pointwise",
     "Problem",
+    "Unreduced",
     "as_default_integer",
     "prepare_classes",
     "prepare_pointwise",
@@ -46,8 +46,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Pass:
-    """One evaluation of a loss, before its reduction."""
+class Unreduced:
+    """A loss before its reduction: the loss of each position, what ``"mean"`` divides by,
+    and, where asked, the gradient of their sum."""
 
     #: The loss of each position (each element, for an elementwise loss).
     loss: Array
@@ -86,7 +87,7 @@ class Problem:
         return as_array(self.xp, self.xp.astype(out, self.dtype, copy=False))
 
     def count(self) -> int:
-        """What ``"mean"`` divides by unless a :class:`Pass` says otherwise."""
+        """What ``"mean"`` divides by unless an :class:`Unreduced` says otherwise."""
         raise NotImplementedError
 
     def to_caller_layout(self, x: Array) -> Array:
@@ -123,13 +124,13 @@ class Problem:
         """The axes of the caller's predictions that one position's loss sums over."""
         return self.position_axes
 
-    def _denominator(self, result: Pass) -> Array | float:
+    def _denominator(self, result: Unreduced) -> Array | float:
         if result.denominator is not None:
             return result.denominator
         count = self.count()
         return count if count else float("nan")  # an empty mean is NaN, as torch's
 
-    def reduce(self, result: Pass) -> Array:
+    def reduce(self, result: Unreduced) -> Array:
         """The reduced loss: ``"none"`` keeps every position, ``"sum"`` adds them up, ``"mean"``
         (and ``kl_div``'s ``"batchmean"``) divides that sum by the pass's denominator or the
         problem's count. An empty mean is NaN, as torch's."""
@@ -147,7 +148,7 @@ class Problem:
             mean = mean + xp.where(result.denominator == 0, xp.nan, xp.zeros_like(mean))
         return self.finish(mean)
 
-    def reduced_gradient(self, result: Pass) -> Array:
+    def reduced_gradient(self, result: Unreduced) -> Array:
         """The gradient of the reduced loss (``"none"``: of the summed loss), in the caller's
         layout and the predictions' dtype."""
         assert result.gradient is not None
@@ -166,7 +167,7 @@ class Problem:
             grad = self.xp.where(result.support, grad, 0.0)
         return self.finish(self.to_caller_layout(grad))
 
-    def value_and_grad(self, result: Pass) -> tuple[Array, Array]:
+    def value_and_grad(self, result: Unreduced) -> tuple[Array, Array]:
         """The reduced loss and its gradient, from one pass that computed both."""
         return self.reduce(result), self.reduced_gradient(result)
 

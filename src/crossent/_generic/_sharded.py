@@ -13,11 +13,11 @@ all-reduces (as Megatron-LM's vocabulary-parallel cross-entropy):
 
 Every member then has the whole row's statistics, hence the loss of the whole, and the gradient
 with respect to its own logits, which needs nothing from the others. The math is
-:mod:`._categorical`'s (:class:`~._categorical.IndexTerms`, :func:`~._categorical.pick_classes`)
-and, for ``linear_cross_entropy``, :mod:`._linear`'s chunks; only the row statistics are summed
-over the group, by a :class:`Collectives` the backend gives (``torch.distributed``'s in
-``crossent._backends._torch_distributed``; JAX's ``shard_map`` would give ``lax.pmax`` and
-``lax.psum``).
+:mod:`._categorical`'s (:class:`~._categorical.IndexTerms`,
+:func:`~._categorical.picks_of_indices`) and, for ``linear_cross_entropy``, :mod:`._linear`'s
+chunks; only the row statistics are summed over the group, by a :class:`Collectives` the
+backend gives (``torch.distributed``'s in ``crossent._backends._torch_distributed``; JAX's
+``shard_map`` would give ``lax.pmax`` and ``lax.psum``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from ._linear import (
     rows_of,
     times_factor,
 )
-from ._problems import Classes, Pass, as_default_integer
+from ._problems import Classes, Unreduced, as_default_integer
 
 __all__ = [
     "Collectives",
@@ -205,15 +205,15 @@ def prepare_classes(
 
 
 def row_statistics(
-    group: Collectives, p: Classes, index: Array | None, coefficients: Array | float | None
+    group: Collectives, problem: Classes, index: Array | None, coefficients: Array | float | None
 ) -> RowStatistics:
     """:func:`._categorical.row_statistics` of the whole rows, from this member's slice of
     them: the maximum over ``group`` (one ``max``), then the sum of exponentials, the target's
     shifted logit (0 on the members that do not hold the target) and the weighted sum, summed
     over ``group`` (one ``sum`` of the three, stacked)."""
-    xp = p.xp
-    scores = p.scores()
-    local = p.local_classes
+    xp = problem.xp
+    scores = problem.scores()
+    local = problem.local_classes
     on = device(scores)
     positions = tuple(scores.shape[:-1])
     if local:
@@ -227,40 +227,42 @@ def row_statistics(
     exp_shifted = xp.exp(shifted)
     statistics = [xp.sum(exp_shifted, axis=-1)]
     if index is not None:
-        local_index = index - p.class_offset
+        local_index = index - problem.class_offset
         here = (local_index >= 0) & (local_index < local)
         if local:
-            picked = take_class(xp, shifted, xp.where(here, local_index, 0))
-            statistics.append(xp.where(here, picked, 0.0))
+            target_logit = take_class(xp, shifted, xp.where(here, local_index, 0))
+            statistics.append(xp.where(here, target_logit, 0.0))
         else:
             statistics.append(xp.zeros(positions, dtype=scores.dtype, device=on))
     if coefficients is not None:
         statistics.append(xp.sum(shifted * coefficients, axis=-1))
     summed = group.sum(xp.stack(statistics, axis=0))
-    picked = summed[1, ...] if index is not None else None
+    target_logit = summed[1, ...] if index is not None else None
     shifted_sum = summed[-1, ...] if coefficients is not None else None
-    return RowStatistics(shift, summed[0, ...], picked, shifted_sum, None, exp_shifted)
+    return RowStatistics(shift, summed[0, ...], target_logit, shifted_sum, None, exp_shifted)
 
 
 def cross_entropy_pass(
-    p: ShardedClasses, smoothing: float, group: Collectives, *, gradient: bool
-) -> Pass:
+    problem: ShardedClasses, smoothing: float, group: Collectives, *, gradient: bool
+) -> Unreduced:
     """Per-position cross-entropy of the whole, and with ``gradient`` the gradient of its sum
     with respect to this member's logits: :func:`._categorical.cross_entropy_pass`, whose row
     statistics are summed over ``group``."""
     statistics = functools.partial(row_statistics, group)
-    return _categorical.cross_entropy_pass(p, smoothing, gradient=gradient, statistics=statistics)
+    return _categorical.cross_entropy_pass(
+        problem, smoothing, gradient=gradient, statistics=statistics
+    )
 
 
-def cross_entropy(p: ShardedClasses, smoothing: float, group: Collectives) -> Array:
-    return p.reduce(cross_entropy_pass(p, smoothing, group, gradient=False))
+def cross_entropy(problem: ShardedClasses, smoothing: float, group: Collectives) -> Array:
+    return problem.reduce(cross_entropy_pass(problem, smoothing, group, gradient=False))
 
 
 def cross_entropy_value_and_grad(
-    p: ShardedClasses, smoothing: float, group: Collectives
+    problem: ShardedClasses, smoothing: float, group: Collectives
 ) -> tuple[Array, Array]:
     """The reduced loss of the whole, and its gradient with respect to this member's logits."""
-    return p.value_and_grad(cross_entropy_pass(p, smoothing, group, gradient=True))
+    return problem.value_and_grad(cross_entropy_pass(problem, smoothing, group, gradient=True))
 
 
 # --- linear_cross_entropy ---------------------------------------------------------------------
@@ -290,7 +292,7 @@ class ShardedLinear(Linear):
 
 
 def chunk_pass(
-    p: ShardedLinear,
+    problem: ShardedLinear,
     smoothing: float,
     group: Collectives,
     hidden: Array,
@@ -302,13 +304,13 @@ def chunk_pass(
     """:func:`._linear.chunk_pass` of a slice of the classes: the losses of one chunk of
     positions (of the whole), and with ``gradient`` the gradient of their sum with respect to
     this member's logits of the chunk, each row times its ``factor``."""
-    chunk = p.chunk(p.logits(hidden), target)
+    chunk = problem.chunk(problem.logits(hidden), target)
     result = cross_entropy_pass(chunk, smoothing, group, gradient=gradient)
-    return result.loss, times_factor(p, result.gradient, factor)
+    return result.loss, times_factor(problem, result.gradient, factor)
 
 
 def linear_pass(
-    p: ShardedLinear,
+    problem: ShardedLinear,
     smoothing: float,
     group: Collectives,
     wanted: Wanted,
@@ -317,27 +319,27 @@ def linear_pass(
     """Every chunk: the positions' losses, and the gradients ``wanted`` of their sum (each row
     times its ``factor``): of ``hidden`` summed over ``group`` (each member's classes add their
     share), of this member's ``weight`` and ``bias``. Unfinished: flat, compute dtype."""
-    xp = p.xp
+    xp = problem.xp
     gradient = any(wanted)
     losses, d_hidden = [], []
     d_weight = d_bias = None
-    for start, stop in p.spans():
-        hidden, target = p.hidden[start:stop, ...], p.target[start:stop, ...]
+    for start, stop in problem.spans():
+        hidden, target = problem.hidden[start:stop, ...], problem.target[start:stop, ...]
         rows = rows_of(factor, start, stop)
-        loss, g = chunk_pass(p, smoothing, group, hidden, target, rows, gradient=gradient)
+        loss, g = chunk_pass(problem, smoothing, group, hidden, target, rows, gradient=gradient)
         losses.append(loss)
         if g is None:
             continue
-        dh, dw, db = chunk_gradients(p, g, hidden, wanted)
+        dh, dw, db = chunk_gradients(problem, g, hidden, wanted)
         if dh is not None:
             d_hidden.append(dh)
         if dw is not None:
             d_weight = dw if d_weight is None else d_weight + dw
         if db is not None:
             d_bias = db if d_bias is None else d_bias + db
-    on = device(p.hidden)
+    on = device(problem.hidden)
     if not losses:  # no positions: no collective either, on any member
-        return xp.zeros((0,), dtype=p.compute_dtype, device=on), None, d_weight, d_bias
+        return xp.zeros((0,), dtype=problem.compute_dtype, device=on), None, d_weight, d_bias
     summed = None
     if d_hidden:
         summed = group.sum(d_hidden[0] if len(d_hidden) == 1 else xp.concat(d_hidden, axis=0))
@@ -345,19 +347,19 @@ def linear_pass(
     return joined, summed, d_weight, d_bias
 
 
-def linear_cross_entropy(p: ShardedLinear, smoothing: float, group: Collectives) -> Array:
-    losses = linear_pass(p, smoothing, group, NO_GRADIENTS, None)[0]
-    return p.reduce_losses(losses)
+def linear_cross_entropy(problem: ShardedLinear, smoothing: float, group: Collectives) -> Array:
+    losses = linear_pass(problem, smoothing, group, NO_GRADIENTS, None)[0]
+    return problem.reduce_losses(losses)
 
 
 def linear_cross_entropy_value_and_grad(
-    p: ShardedLinear, smoothing: float, group: Collectives, wanted: Wanted
+    problem: ShardedLinear, smoothing: float, group: Collectives, wanted: Wanted
 ) -> tuple[Array, tuple[Array | None, Array | None, Array | None]]:
     """The reduced loss of the whole and the gradients ``wanted``: of ``hidden`` (the whole's,
     the same on every member), of this member's ``weight`` and ``bias``."""
-    losses, *gradients = linear_pass(p, smoothing, group, wanted, gradient_factor(p))
-    value = p.reduce_losses(losses)
-    return value, finish_gradients(p, wanted, gradients[0], gradients[1], gradients[2])
+    losses, *gradients = linear_pass(problem, smoothing, group, wanted, gradient_factor(problem))
+    value = problem.reduce_losses(losses)
+    return value, finish_gradients(problem, wanted, gradients[0], gradients[1], gradients[2])
 
 
 #: The options of the losses that a sharded call does not take (yet).

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..._generic import _categorical
-from ..._generic._problems import Classes, Pass, Pointwise
+from ..._generic._problems import Classes, Pointwise, Unreduced
 from ..._typing import Array, Namespace
 from ._common import _FLOATS, _class_first
 from ._half import _blocked_half_cross_entropy
@@ -44,108 +44,122 @@ def log_sigmoid(xp: Namespace, x: torch.Tensor) -> Array:
     return F.logsigmoid(x)
 
 
-def _weighted_positions(p: Classes, losses: torch.Tensor, pick: Any) -> Array:
+def _weighted_positions(problem: Classes, losses: torch.Tensor, picks: Any) -> Array:
     """Per-position ``losses`` of a call with sample weights (0 at ignored positions), each
     times its sample weight, reduced: ``"mean"`` divides by ``sum s_n w[y_n]`` (class
-    indices, ``pick``) or ``sum s_n`` (class probabilities)."""
-    s = p.sample_weight
-    if pick is not None:
+    indices, ``picks``) or ``sum s_n`` (class probabilities)."""
+    s = problem.sample_weight
+    if picks is not None:
         if s is not None:
-            losses = losses * pick.kept_weight  # s_n where kept, 0 where ignored
-        return p.reduce(Pass(losses, torch.sum(pick.weight)))
+            losses = losses * picks.kept_weight  # s_n where kept, 0 where ignored
+        return problem.reduce(Unreduced(losses, torch.sum(picks.weight)))
     if s is None:
-        return p.reduce(Pass(losses))
-    return p.reduce(Pass(losses * s, torch.sum(s)))
+        return problem.reduce(Unreduced(losses))
+    return problem.reduce(Unreduced(losses * s, torch.sum(s)))
 
 
-def _composed_cross_entropy(p: Classes, smoothing: float) -> Array:
+def _composed_cross_entropy(problem: Classes, smoothing: float) -> Array:
     """torch's cross-entropy of the soft-capped logits (``Classes.scores``), with the z-loss
     from one ``logsumexp`` more and the sample weights: torch's kernels composed, which
     autograd and torch.compile see through."""
-    rows = p.scores()  # float32 for half precision, capped with softcap
+    rows = problem.scores()  # float32 for half precision, capped with softcap
     classes = rows.shape[-1]
     rows = rows.reshape(-1, classes)
-    pick = _categorical.picks(p) if p.index_target else None
-    target = p.target.reshape(-1) if pick is not None else p.target.reshape(-1, classes)
+    picks = _categorical.picks_of(problem) if problem.index_target else None
+    target = (
+        problem.target.reshape(-1) if picks is not None else problem.target.reshape(-1, classes)
+    )
     losses = F.cross_entropy(
         rows,
         target,
-        weight=p.weight,
-        ignore_index=p.ignore_index,
+        weight=problem.weight,
+        ignore_index=problem.ignore_index,
         reduction="none",
         label_smoothing=smoothing,
-    ).reshape(p.predictions.shape[:-1])
-    if p.z_loss > 0.0:
+    ).reshape(problem.predictions.shape[:-1])
+    if problem.z_loss > 0.0:
         lse = torch.logsumexp(rows, dim=1).reshape(losses.shape)
-        if pick is None:
-            losses = losses + p.z_loss * lse * lse
+        if picks is None:
+            losses = losses + problem.z_loss * lse * lse
         else:  # weighted as its position, by w[y_n]; nothing where ignored
-            w = 1.0 if p.weight is None else torch.take(p.weight, pick.index)
-            losses = losses + torch.where(pick.kept, p.z_loss * w * (lse * lse), 0.0)
-    if pick is not None and pick.bad is not None:
-        losses = torch.where(pick.bad, torch.nan, losses)
-    return _weighted_positions(p, losses, pick)
+            w = 1.0 if problem.weight is None else torch.take(problem.weight, picks.index)
+            losses = losses + torch.where(picks.kept, problem.z_loss * w * (lse * lse), 0.0)
+    if picks is not None and picks.bad is not None:
+        losses = torch.where(picks.bad, torch.nan, losses)
+    return _weighted_positions(problem, losses, picks)
 
 
-def cross_entropy(p: Classes, smoothing: float) -> Array:
-    if not p.plain:
-        return _composed_cross_entropy(p, smoothing)
-    target = p.target if p.index_target else _class_first(p.target)
-    logits = _class_first(p.predictions)
+def cross_entropy(problem: Classes, smoothing: float) -> Array:
+    if not problem.plain:
+        return _composed_cross_entropy(problem, smoothing)
+    target = problem.target if problem.index_target else _class_first(problem.target)
+    logits = _class_first(problem.predictions)
     if logits.dtype not in _FLOATS:
-        blocked = _blocked_half_cross_entropy(p, smoothing)
+        blocked = _blocked_half_cross_entropy(problem, smoothing)
         if blocked is not None:
             return blocked
         # float16 and bfloat16: torch's log_softmax reads them and computes and writes float32
         # in one pass, where converting first would take two. cross_entropy of log-probabilities
         # is the same loss (their log normaliser is 0).
         logits = torch.log_softmax(logits, dim=1 if logits.ndim > 1 else 0, dtype=torch.float32)
-        if p.index_target and smoothing == 0.0:
+        if problem.index_target and smoothing == 0.0:
             out = F.nll_loss(
                 logits,
                 target,
-                weight=p.weight,
-                ignore_index=p.ignore_index,
-                reduction=p.reduction,
+                weight=problem.weight,
+                ignore_index=problem.ignore_index,
+                reduction=problem.reduction,
             )
-            return p.finish(out)
+            return problem.finish(out)
     out = F.cross_entropy(
         logits,
         target,
-        weight=p.weight,
-        ignore_index=p.ignore_index,
-        reduction=p.reduction,
+        weight=problem.weight,
+        ignore_index=problem.ignore_index,
+        reduction=problem.reduction,
         label_smoothing=smoothing,
     )
-    return p.finish(out)
+    return problem.finish(out)
 
 
-def nll_loss(p: Classes) -> Array:
-    if p.sample_weight is not None:
-        pick = _categorical.picks(p)
+def nll_loss(problem: Classes) -> Array:
+    if problem.sample_weight is not None:
+        picks = _categorical.picks_of(problem)
         # the class weights in the compute dtype, after torch's exact gather: torch's half
         # kernel takes no float32 weights
-        negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
-        losses = negated.to(p.compute_dtype)
-        if p.weight is not None:
+        negated = _nll_class_last(
+            problem.predictions, problem.target, None, problem.ignore_index, "none"
+        )
+        losses = negated.to(problem.compute_dtype)
+        if problem.weight is not None:
             # gather, not indexing: a 0-d index compiles, and vmap batches it (not take)
-            index = pick.index
-            losses = losses * p.weight.gather(0, index.reshape(-1)).reshape(index.shape)
-        if pick.bad is not None:
-            losses = torch.where(pick.bad, torch.nan, losses)
-        return _weighted_positions(p, losses, pick)
-    if p.predictions.dtype not in _FLOATS:
+            index = picks.index
+            losses = losses * problem.weight.gather(0, index.reshape(-1)).reshape(index.shape)
+        if picks.bad is not None:
+            losses = torch.where(picks.bad, torch.nan, losses)
+        return _weighted_positions(problem, losses, picks)
+    if problem.predictions.dtype not in _FLOATS:
         # float16 and bfloat16: torch's kernel gathers -x_y exactly (0 where ignored), and its
         # backward scatters without the conversions that make torch's generic scatter slow;
         # weights and sums are then float32, where torch's half kernel would round them.
-        negated = _nll_class_last(p.predictions, p.target, None, p.ignore_index, "none")
-        if p.weight is None:  # the common case, in as few operations as it takes
-            return _reduce_half_nll(negated, p.target, p.ignore_index, p.reduction)
-        pick = _categorical.picks(p)
-        loss = pick.weight * negated.to(torch.float32)
-        return p.reduce(Pass(loss, torch.sum(pick.weight)))
-    out = _nll_class_last(p.predictions, p.target, p.weight, p.ignore_index, p.reduction)
-    return p.finish(out)
+        negated = _nll_class_last(
+            problem.predictions, problem.target, None, problem.ignore_index, "none"
+        )
+        if problem.weight is None:  # the common case, in as few operations as it takes
+            return _reduce_half_nll(
+                negated, problem.target, problem.ignore_index, problem.reduction
+            )
+        picks = _categorical.picks_of(problem)
+        loss = picks.weight * negated.to(torch.float32)
+        return problem.reduce(Unreduced(loss, torch.sum(picks.weight)))
+    out = _nll_class_last(
+        problem.predictions,
+        problem.target,
+        problem.weight,
+        problem.ignore_index,
+        problem.reduction,
+    )
+    return problem.finish(out)
 
 
 def _reduce_half_nll(
@@ -179,24 +193,28 @@ def _nll_class_last(
     return out.reshape(target.shape) if reduction == "none" else out
 
 
-def binary_cross_entropy(p: Pointwise, eps: float | None) -> Array:
-    probs = p.pred if eps is None else torch.clamp(p.pred, eps, 1.0 - eps)
+def binary_cross_entropy(problem: Pointwise, eps: float | None) -> Array:
+    probs = problem.pred if eps is None else torch.clamp(problem.pred, eps, 1.0 - eps)
     # torch raises on a NaN probability or target, where crossent gives NaN: NaN positions
     # enter torch as 1/2, and come out NaN again. (Out-of-range values raised already.)
-    nan = torch.isnan(probs) | torch.isnan(p.target)
+    nan = torch.isnan(probs) | torch.isnan(problem.target)
     loss = F.binary_cross_entropy(
         torch.where(nan, 0.5, probs),
-        torch.where(nan, 0.5, p.target),
-        weight=p.weight,
+        torch.where(nan, 0.5, problem.target),
+        weight=problem.weight,
         reduction="none",
     )
-    return p.reduce(Pass(torch.where(nan, torch.nan, loss)))
+    return problem.reduce(Unreduced(torch.where(nan, torch.nan, loss)))
 
 
-def binary_cross_entropy_with_logits(p: Pointwise) -> Array:
+def binary_cross_entropy_with_logits(problem: Pointwise) -> Array:
     # torch sums (1 - t) x - log_sigmoid(x): where the loss is below 1e-16 of |x| it cancels to
     # 0, where the generic path keeps the tiny loss; both are exact to the rounding of x.
     out = F.binary_cross_entropy_with_logits(
-        p.pred, p.target, weight=p.weight, pos_weight=p.pos_weight, reduction=p.reduction
+        problem.pred,
+        problem.target,
+        weight=problem.weight,
+        pos_weight=problem.pos_weight,
+        reduction=problem.reduction,
     )
-    return p.finish(out)
+    return problem.finish(out)

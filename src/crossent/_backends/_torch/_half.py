@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..._generic._problems import Classes, Pass
+from ..._generic._problems import Classes, Unreduced
 from ..._typing import Array
 from ._common import _block_elements, _transformed
 
@@ -73,9 +73,9 @@ class _BlockedHalfCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         # s_n = (1 - eps) w_{y_n} + (eps / C) sum(w), and 0 where y_n is ignored
         kept = target != ignore_index
         index = torch.where(kept, target, 0)
-        picked = torch.ones_like(upstream) if weight is None else weight[index]
+        target_weight = torch.ones_like(upstream) if weight is None else weight[index]
         scale = torch.where(kept, upstream, 0.0)
-        at_target = scale * ((1.0 - smoothing) * picked)
+        at_target = scale * ((1.0 - smoothing) * target_weight)
         total = num_classes if weight is None else torch.sum(weight)
         spread = scale * (smoothing / num_classes)
         softmax_scale = at_target + spread * total
@@ -92,26 +92,26 @@ class _BlockedHalfCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         return grad, None, None, None, None
 
 
-def _blocked_half_cross_entropy(p: Classes, smoothing: float) -> Array | None:
+def _blocked_half_cross_entropy(problem: Classes, smoothing: float) -> Array | None:
     """Index targets of eager half-precision logits whose class axis is last and contiguous:
     :class:`_BlockedHalfCrossEntropy`, reduced in float32. (torch.compile fuses the conversion
     into the kernels by itself, and takes the route below.)"""
-    logits = p.predictions
-    if not p.index_target or torch.compiler.is_compiling() or not logits.is_contiguous():
+    logits = problem.predictions
+    if not problem.index_target or torch.compiler.is_compiling() or not logits.is_contiguous():
         return None
-    if _transformed(logits, p.target, p.weight):
+    if _transformed(logits, problem.target, problem.weight):
         return None
     rows = logits.reshape(-1, logits.shape[-1])
     losses = _BlockedHalfCrossEntropy.apply(
-        rows, p.target.reshape(-1), p.weight, p.ignore_index, smoothing
-    ).reshape(p.target.shape)
-    if p.reduction != "mean":
-        return p.reduce(Pass(losses))
-    kept = p.target != p.ignore_index
-    if p.weight is None:
-        return p.reduce(Pass(losses, torch.sum(kept, dtype=torch.float32)))
-    picked = p.weight[torch.where(kept, p.target, 0)]
-    return p.reduce(Pass(losses, torch.sum(torch.where(kept, picked, 0.0))))
+        rows, problem.target.reshape(-1), problem.weight, problem.ignore_index, smoothing
+    ).reshape(problem.target.shape)
+    if problem.reduction != "mean":
+        return problem.reduce(Unreduced(losses))
+    kept = problem.target != problem.ignore_index
+    if problem.weight is None:
+        return problem.reduce(Unreduced(losses, torch.sum(kept, dtype=torch.float32)))
+    target_weight = problem.weight[torch.where(kept, problem.target, 0)]
+    return problem.reduce(Unreduced(losses, torch.sum(torch.where(kept, target_weight, 0.0))))
 
 
 class _BlockedHalfBCEWithLogits(torch.autograd.Function):  # type: ignore[misc]

@@ -26,7 +26,7 @@ __all__ = [
 
 
 def _linear_chunk(
-    p: Linear,
+    problem: Linear,
     smoothing: float,
     hidden: torch.Tensor,
     target: torch.Tensor,
@@ -37,40 +37,40 @@ def _linear_chunk(
     """One chunk of positions, class indices, in place in ``buffer`` (ours): its logits,
     shifted, exponentiated and turned into the gradient with respect to them (each row times
     its ``factor``). The generic chunk makes five arrays of the chunk's size; this, one."""
-    if buffer is None or p.softcap is not None or p.z_loss > 0.0:
+    if buffer is None or problem.softcap is not None or problem.z_loss > 0.0:
         # class probabilities (the target is as large as the logits anyway), soft-capping and
         # the z-loss: the generic chunk, in torch's operations, of torch's product
-        logits = F.linear(hidden, p.weight, p.bias).to(p.compute_dtype)
+        logits = F.linear(hidden, problem.weight, problem.bias).to(problem.compute_dtype)
         return _linear.chunk_pass(
-            p, smoothing, hidden, target, factor, gradient=gradient, logits=logits
+            problem, smoothing, hidden, target, factor, gradient=gradient, logits=logits
         )
     logits = buffer[: hidden.shape[0]]
-    if p.hidden.dtype in _FLOATS:
-        torch.mm(hidden, p.weight.T, out=logits)
-        if p.bias is not None:
-            logits += p.bias
+    if problem.hidden.dtype in _FLOATS:
+        torch.mm(hidden, problem.weight.T, out=logits)
+        if problem.bias is not None:
+            logits += problem.bias
     else:  # the product in half precision, rounded as the dense one, then float32
-        logits.copy_(F.linear(hidden, p.weight, p.bias))
-    cp = p.chunk(logits, target)
+        logits.copy_(F.linear(hidden, problem.weight, problem.bias))
+    cp = problem.chunk(logits, target)
     terms = IndexTerms.of(cp, smoothing)
-    pick = terms.pick
-    index = pick.index[:, None]
+    picks = terms.picks
+    index = picks.index[:, None]
     shift = logits.amax(dim=1, keepdim=True)
     shift.masked_fill_(shift == -torch.inf, 0.0)  # a row of all -inf: exp gives 0, not NaN
     logits -= shift
-    picked = logits.gather(1, index)[:, 0]
+    target_logit = logits.gather(1, index)[:, 0]
     shifted_sum = None
     if smoothing > 0.0:
         w = cp.weight
         shifted_sum = logits.sum(dim=1) if w is None else torch.mv(logits, w)
     logits.exp_()
     total = logits.sum(dim=1)
-    loss = terms.loss(cp, torch.log(total), picked, shifted_sum)
+    loss = terms.loss(cp, torch.log(total), target_logit, shifted_sum)
     if not gradient:
         return loss, None
     coefficient = terms.softmax_coefficient(cp) / total
     at_target = terms.target_term()
-    spread = pick.kept.to(total.dtype) * (smoothing / p.num_classes)
+    spread = picks.kept.to(total.dtype) * (smoothing / problem.num_classes)
     if factor is not None:
         coefficient, at_target, spread = (x * factor for x in (coefficient, at_target, spread))
     logits *= coefficient[:, None]
@@ -80,8 +80,8 @@ def _linear_chunk(
         else:
             logits.addr_(spread, cp.weight, alpha=-1.0)
     logits.scatter_add_(1, index, -at_target[:, None])
-    if pick.bad is not None:
-        logits *= torch.where(pick.bad, torch.nan, 1.0)[:, None].to(logits.dtype)
+    if picks.bad is not None:
+        logits *= torch.where(picks.bad, torch.nan, 1.0)[:, None].to(logits.dtype)
     return loss, logits
 
 
@@ -94,7 +94,7 @@ LinearPass = Callable[
 
 
 def _linear_pass(
-    p: Linear,
+    problem: Linear,
     smoothing: float,
     wanted: tuple[bool, bool, bool],
     factor: torch.Tensor | float | None,
@@ -102,27 +102,29 @@ def _linear_pass(
     """Every chunk: the positions' losses and the gradients ``wanted`` (hidden's in the
     caller's dtype, weight's and bias's summed in the compute dtype: ``addmm_`` adds each
     chunk's product into the sum without a temporary)."""
-    n, d = p.hidden.shape
-    v = p.num_classes
-    compute = p.compute_dtype
-    on = {"device": p.hidden.device}
+    n, d = problem.hidden.shape
+    v = problem.num_classes
+    compute = problem.compute_dtype
+    on = {"device": problem.hidden.device}
     gradient = any(wanted)
     losses = torch.empty((n,), dtype=compute, **on)
-    d_hidden = torch.empty((n, d), dtype=p.dtype, **on) if wanted[0] else None
+    d_hidden = torch.empty((n, d), dtype=problem.dtype, **on) if wanted[0] else None
     d_weight = torch.zeros((v, d), dtype=compute, **on) if wanted[1] else None
-    d_bias = torch.zeros((v,), dtype=compute, **on) if wanted[2] and p.bias is not None else None
+    d_bias = (
+        torch.zeros((v,), dtype=compute, **on) if wanted[2] and problem.bias is not None else None
+    )
     buffer = None
-    if p.index_target and n:
-        buffer = torch.empty((min(p.chunk_size, n), v), dtype=compute, **on)
-    for start, stop in p.spans():
-        hidden, target = p.hidden[start:stop], p.target[start:stop]
+    if problem.index_target and n:
+        buffer = torch.empty((min(problem.chunk_size, n), v), dtype=compute, **on)
+    for start, stop in problem.spans():
+        hidden, target = problem.hidden[start:stop], problem.target[start:stop]
         rows = _linear.rows_of(factor, start, stop)
-        loss, g = _linear_chunk(p, smoothing, hidden, target, rows, buffer, gradient)
+        loss, g = _linear_chunk(problem, smoothing, hidden, target, rows, buffer, gradient)
         losses[start:stop] = loss
         if g is None:
             continue
         if d_hidden is not None:
-            torch.mm(g.to(p.dtype), p.weight, out=d_hidden[start:stop])
+            torch.mm(g.to(problem.dtype), problem.weight, out=d_hidden[start:stop])
         if d_weight is not None:
             if hidden.device.type == "cpu" or hidden.dtype is compute:
                 d_weight.addmm_(g.T, hidden.to(compute))
@@ -149,7 +151,7 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        p: Linear,
+        problem: Linear,
         smoothing: float,
         run: LinearPass | None = None,
     ) -> torch.Tensor:
@@ -161,19 +163,21 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         run = _linear_pass if run is None else run
         # float16: the gradient is rounded to the input dtype with the upstream one (a loss
         # scale) already in it, as the dense computation rounds it, so the backward pass makes it
-        early = p.reduction != "none" and any(wanted) and p.hidden.dtype in _FLOATS
-        factor = _linear.gradient_factor(p) if early else None
-        losses, *gradients = run(p, smoothing, wanted if early else _linear.NO_GRADIENTS, factor)
-        ctx.problem, ctx.smoothing, ctx.wanted, ctx.early = p, smoothing, wanted, early
+        early = problem.reduction != "none" and any(wanted) and problem.hidden.dtype in _FLOATS
+        factor = _linear.gradient_factor(problem) if early else None
+        losses, *gradients = run(
+            problem, smoothing, wanted if early else _linear.NO_GRADIENTS, factor
+        )
+        ctx.problem, ctx.smoothing, ctx.wanted, ctx.early = problem, smoothing, wanted, early
         ctx.run = run
         # Ours, not the graph's: the backward pass scales them in place and hands them over
         ctx.gradients = gradients if early else None
-        return p.reduce_losses(losses)
+        return problem.reduce_losses(losses)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # type: ignore[untyped-decorator]
     def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        p: Linear = ctx.problem
+        problem: Linear = ctx.problem
         if ctx.early:
             gradients, ctx.gradients = ctx.gradients, None
             if gradients is None:
@@ -182,55 +186,61 @@ class _LinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
                     "backward pass took them: call linear_cross_entropy again to go backward "
                     "through it again"
                 )
-            scale = upstream.to(p.compute_dtype)
+            scale = upstream.to(problem.compute_dtype)
             for g in gradients:  # in place: a copy of the weight's gradient would be the peak
                 if g is not None:
                     g.mul_(scale.to(g.dtype))
         else:
-            factor = _linear.upstream_factor(p, upstream)
-            _, *gradients = ctx.run(p, ctx.smoothing, ctx.wanted, factor)
-        d_hidden, d_weight, d_bias = _linear.finish_gradients(p, ctx.wanted, *gradients)
+            factor = _linear.upstream_factor(problem, upstream)
+            _, *gradients = ctx.run(problem, ctx.smoothing, ctx.wanted, factor)
+        d_hidden, d_weight, d_bias = _linear.finish_gradients(problem, ctx.wanted, *gradients)
         if d_hidden is not None:  # the flattened positions this function was given
-            d_hidden = d_hidden.reshape(p.hidden.shape)
+            d_hidden = d_hidden.reshape(problem.hidden.shape)
         return d_hidden, d_weight, d_bias, None, None, None
 
 
-def linear_autograd(p: Linear, smoothing: float, run: LinearPass | None = None) -> Array | None:
+def linear_autograd(
+    problem: Linear, smoothing: float, run: LinearPass | None = None
+) -> Array | None:
     """``linear_cross_entropy`` through :class:`_LinearCrossEntropy`, whose chunks ``run``
     computes (:func:`_linear_pass` by default; the sharded pass of
     ``_torch_distributed``): only the losses where nothing is differentiated. None inside a
     ``torch.func`` transform, whose wrapped tensors neither the Function nor the in-place
     chunks take: the generic chunks then run, in torch's operations, which it sees through."""
-    differentiable = [x for x in (p.hidden, p.weight, p.bias) if x is not None]
-    if _transformed(*differentiable, p.target, p.class_weight, p.sample_weight):
+    differentiable = [x for x in (problem.hidden, problem.weight, problem.bias) if x is not None]
+    if _transformed(*differentiable, problem.target, problem.class_weight, problem.sample_weight):
         return None
     if not torch.is_grad_enabled() or not any(x.requires_grad for x in differentiable):
         # evaluation (no_grad, inference_mode, frozen weights): the losses alone
         with torch.no_grad():
             passed = _linear_pass if run is None else run
-            losses = passed(p, smoothing, _linear.NO_GRADIENTS, None)[0]
-            return p.reduce_losses(losses)
-    named = (("target", p.target), ("class_weight", p.class_weight))
-    for name, x in (*named, ("sample_weight", p.sample_weight)):
+            losses = passed(problem, smoothing, _linear.NO_GRADIENTS, None)[0]
+            return problem.reduce_losses(losses)
+    named = (("target", problem.target), ("class_weight", problem.class_weight))
+    for name, x in (*named, ("sample_weight", problem.sample_weight)):
         if x is not None and x.requires_grad:
             raise TypeError(
                 f"linear_cross_entropy is differentiated in hidden, weight and bias only, not "
                 f"in its {name}; pass {name}.detach()"
             )
     # no run passed where there is none: torch.compile traces the plain call
-    args = (p.hidden, p.weight, p.bias, p, smoothing) + (() if run is None else (run,))
+    args = (problem.hidden, problem.weight, problem.bias, problem, smoothing) + (
+        () if run is None else (run,)
+    )
     out: torch.Tensor = _LinearCrossEntropy.apply(*args)
     return out
 
 
-def linear_cross_entropy(p: Linear, smoothing: float) -> Array | None:
-    return linear_autograd(p, smoothing)
+def linear_cross_entropy(problem: Linear, smoothing: float) -> Array | None:
+    return linear_autograd(problem, smoothing)
 
 
 def linear_cross_entropy_value_and_grad(
-    p: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
+    problem: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
 ) -> tuple[Array, tuple[Array | None, ...]]:
     with torch.no_grad():
-        losses, *gradients = _linear_pass(p, smoothing, wanted, _linear.gradient_factor(p))
-        value = p.reduce_losses(losses)
-        return value, _linear.finish_gradients(p, wanted, *gradients)
+        losses, *gradients = _linear_pass(
+            problem, smoothing, wanted, _linear.gradient_factor(problem)
+        )
+        value = problem.reduce_losses(losses)
+        return value, _linear.finish_gradients(problem, wanted, *gradients)
