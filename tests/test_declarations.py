@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import typing
 from pathlib import Path
 
 import cases
@@ -46,6 +47,10 @@ def test_the_declaration_is_the_public_function(name):
     public = inspect.signature(declared.public)
     assert list(public.parameters) == list(inspect.signature(declared.prepare).parameters)
     assert public.return_annotation == "Array"
+    assert typing.get_type_hints(declared.public)["return"] is not tuple
+    assert inspect.getsourcelines(declared.public) == inspect.getsourcelines(declared.prepare)
+    # numpydoc's sections: the Notes after a blank line, not read as more of Raises
+    assert "\n\n    Notes\n    -----\n" in declared.public.__doc__, name
     assert declared.public.__doc__.strip()
 
 
@@ -62,9 +67,13 @@ def test_value_and_grad_takes_and_lists_every_loss(name):
 
 
 def test_a_loss_is_declared_once():
-    declared = LOSSES["kl_div"]
+    def kl_div(log_probs, target):  # another module's loss of the same name
+        return None, ()
+
+    kl_div.__module__ = "elsewhere"
     with pytest.raises(ValueError, match="declared twice"):
-        _dispatch.loss("divergence", _generic_divergence)(declared.prepare)
+        _dispatch.loss("divergence", _generic_divergence)(kl_div)
+    assert LOSSES["kl_div"].public is crossent.kl_div
     with pytest.raises(ValueError, match="family must be one of"):
         _dispatch.loss("nonsense", _generic_divergence)
 

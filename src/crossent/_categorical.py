@@ -108,6 +108,7 @@ def cross_entropy(
         arrays are on two devices, or (eager arrays only) a class index is outside ``[0, C)``
         and is not ``ignore_index``. On lazy arrays (JAX under ``jit``, Dask) such a position
         gives NaN instead.
+
     %(notes_shape_classes)s
     float16 and bfloat16 are computed in float32 and returned in their own dtype. No one-hot
     matrix is made, and for class indices no full log-softmax either: the loss is the log
@@ -212,6 +213,7 @@ def nll_loss(
         If shapes do not fit, ``reduction`` is unknown, the arrays are on two devices, or
         (eager arrays only) a class index is outside ``[0, C)`` and is not ``ignore_index``; on
         lazy arrays such a position gives NaN.
+
     %(notes_shape_classes)s
     Examples
     --------
@@ -291,6 +293,7 @@ def cross_entropy_from_probs(
         If shapes do not fit, an option is out of its set, the arrays are on two devices, or
         (eager arrays only) a probability lies outside [0, 1] or a class index outside
         ``[0, C)``; on lazy arrays such a position gives NaN.
+
     %(notes_shape_classes)s
     Examples
     --------

@@ -85,6 +85,7 @@ def softmax_focal_loss(
         the arrays are on two devices, or (eager arrays only) a class index is outside
         ``[0, C)`` and is not ``ignore_index``. On lazy arrays (JAX under ``jit``, Dask) such a
         position gives NaN instead.
+
     %(notes_shape_classes)s
     float16 and bfloat16 are computed in float32 and returned in their own dtype.
     :math:`1 - p` is computed as :math:`-\operatorname{expm1}(\log p)`, exact for :math:`p`
@@ -208,6 +209,7 @@ def poly1_cross_entropy(
         [0, 1], ``epsilon`` is not finite, the arrays are on two devices, or (eager arrays
         only) a class index is outside ``[0, C)`` and is not ``ignore_index``. On lazy arrays
         (JAX under ``jit``, Dask) such a position gives NaN instead.
+
     %(notes_shape_classes)s
     float16 and bfloat16 are computed in float32 and returned in their own dtype.
     :math:`1 - p` is computed as :math:`-\operatorname{expm1}(\log p)`, exact for :math:`p`

@@ -63,7 +63,7 @@ Kernels = Mapping[Callable[..., Any], Callable[..., Any]]
 
 _FAST_PATHS: ContextVar[bool] = ContextVar("crossent_fast_paths", default=True)
 
-#: Every public function, by the generic function it computes (filled by
+#: Every public function, by the generic function it computes (filled by :func:`loss` and
 #: :func:`public_function`); the tests check the kernel tables against it.
 PUBLIC_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
 
@@ -239,10 +239,17 @@ def loss(
         compute_loss: Callable[..., Array] = getattr(generic, name)
         value_and_grad = getattr(generic, f"{name}_value_and_grad")
 
+        earlier = LOSSES.get(name)
+        if earlier is not None and earlier.prepare.__module__ != prepare.__module__:
+            # (a module reloaded, by importlib.reload or IPython's autoreload, declares anew)
+            raise ValueError(f"the loss {name} is declared twice, in {earlier.prepare.__module__}")
+        signature = inspect.signature(prepare)
+
         def compute(*args: Any, **kwargs: Any) -> Any:
             group = kwargs.get("process_group") if sharded is not None else None
             if group is not None:
                 assert sharded is not None
+                signature.bind(*args, **kwargs)  # a misspelt option before any collective
                 rest = {k: v for k, v in kwargs.items() if k != "process_group"}
                 return _sharded_call(name, sharded, group, prepare, *args, **rest)
             problem, options = prepare(*args, **kwargs)
@@ -250,14 +257,11 @@ def loss(
 
         functools.update_wrapper(compute, prepare)
         public = entry(compute_loss)(compute)
-        # the public signature: the preparation's, returning the loss
-        signature = inspect.signature(prepare)
+        # the public signature and annotations: the preparation's, returning the loss
         public.__signature__ = signature.replace(  # type: ignore[attr-defined]
             return_annotation="Array"
         )
-        del public.__wrapped__  # type: ignore[attr-defined]
-        if name in LOSSES:
-            raise ValueError(f"the loss {name} is declared twice")
+        public.__annotations__ = {**prepare.__annotations__, "return": "Array"}
         declared = Loss(public, family, compute_loss, value_and_grad, prepare, arguments, sharded)
         LOSSES[name] = declared
         PUBLIC_FUNCTIONS[compute_loss] = public

@@ -113,7 +113,9 @@ def entropy(
         One weight per position, the shape of ``logits`` without the class axis: it
         multiplies the position's entropy. There is no target, so no ``ignore_index``: a
         0/1 mask of the positions to count (the tokens that are not padding) goes here, and
-        ``"mean"`` then averages over the masked positions.
+        ``"mean"`` then averages over the masked positions. A weight multiplies as torch's
+        ``weight * loss`` does: a NaN entropy (a row of all ``-inf``) stays NaN at weight 0,
+        and weights that sum to 0 give a NaN mean.
 
     %(returns_loss)s
 

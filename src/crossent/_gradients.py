@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from ._dispatch import LOSSES, Loss, declaration, dispatch, entry
+from ._dispatch import FAMILIES, LOSSES, Loss, declaration, dispatch, entry
 from ._docstrings import fill
 from ._typing import Array
 
@@ -62,7 +63,14 @@ def _argument_names(
     return tuple(names)
 
 
-@fill(losses=", ".join(f"``{name}``" for name in LOSSES))
+def _listed() -> str:
+    """Every declared loss, family by family, wrapped as the docstring's line is."""
+    names = [name for family in FAMILIES for name, d in LOSSES.items() if d.family == family]
+    text = ", ".join(f"``{name}``" for name in names)
+    return textwrap.fill(text, width=92, initial_indent=" " * 34, subsequent_indent=" " * 8)[34:]
+
+
+@fill(losses=_listed())
 def value_and_grad(
     fn: Callable[..., Array], argnums: int | tuple[int, ...] = 0
 ) -> Callable[..., tuple[Array, Any]]:

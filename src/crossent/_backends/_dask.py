@@ -184,7 +184,7 @@ def _row_statistics(
     return RowStatistics(
         shift=shift,
         total=stats["total"][..., 0],
-        target_logit=None if index is None else stats["target_logit"][..., 0] - row_shift,
+        shifted_target=None if index is None else stats["target_logit"][..., 0] - row_shift,
         shifted_sum=None if coefficients is None else stats["shifted_sum"][..., 0],
         mass=stats["mass"][..., 0],
     )

@@ -7,7 +7,8 @@ collectives (:class:`TorchCollectives`) and torch's autograd: ``cross_entropy`` 
 ``torch.autograd.Function`` whose forward pass computes the loss and its gradient together, and
 whose backward pass scales that gradient by the upstream one (no collective);
 ``linear_cross_entropy`` is ``_torch``'s own Function, run over the sharded chunks. The
-dispatcher reaches this module through :func:`sharded`.
+dispatcher reaches this module through ``_dispatch._sharded_call``, for a loss declared with
+``sharded=``.
 """
 
 from __future__ import annotations

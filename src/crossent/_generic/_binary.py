@@ -201,7 +201,7 @@ def sigmoid_focal_loss_pass(
 
     ``s r / q`` lies in [0, 1] (``q`` is a mean of ``r`` and ``s``, and ``s r <= min(r, s)``),
     and is 0 where ``q`` is 0 (then ``s r`` is too), so the gradient stays finite where the
-    prediction is exactly right, whatever ``gamma``. ``p.weight`` holds the sample weights:
+    prediction is exactly right, whatever ``gamma``. ``problem.weight`` holds the sample weights:
     ``"mean"`` divides by their sum."""
     xp = problem.xp
     x, t = problem.pred, problem.target
@@ -256,7 +256,9 @@ class MultiLabel(Pointwise):
     sample_weight: Array | None = field(default=None, kw_only=True)
 
     others: ClassVar[tuple[str, ...]] = ("target", "weight", "pos_weight", "sample_weight")
-    position_axes: ClassVar[tuple[int, ...]] = (-1,)
+
+    def loss_axes(self) -> tuple[int, ...]:
+        return (-1,)
 
     @property
     def num_classes(self) -> int:

@@ -91,7 +91,7 @@ def picks_of_indices(
     dtype: object,
     sample_weight: Array | None = None,
 ) -> Picks:
-    """What the class indices ``t`` picks, over ``num_classes`` classes weighted by ``weight``
+    """What the class indices ``t`` pick, over ``num_classes`` classes weighted by ``weight``
     (or None), each position by ``sample_weight`` (or None), in the compute ``dtype``."""
     kept = t != ignore_index
     in_range = (t >= 0) & (t < num_classes)
@@ -175,14 +175,14 @@ class IndexTerms:
         self,
         problem: Classes,
         log_norm: Array,
-        target_logit: Array,
+        shifted_target: Array,
         shifted_sum: Array | None,
         shift: Array | None = None,
     ) -> Array:
         """The loss of each position from its three row statistics (and, for the z-loss, the
         ``shift`` ``m`` of each row, shape of ``log_norm``: ``lse = m + log_norm``)."""
         xp, picks, smoothing = problem.xp, self.picks, self.smoothing
-        loss = picks.weight * (log_norm - target_logit)
+        loss = picks.weight * (log_norm - shifted_target)
         if smoothing > 0.0:
             assert shifted_sum is not None
             smooth = self.class_weight_sum * log_norm - shifted_sum
@@ -244,7 +244,7 @@ class RowStatistics:
     #: ``sum_c exp(x_c - m)``.
     total: Array
     #: ``x_y - m`` for class indices, else None.
-    target_logit: Array | None
+    shifted_target: Array | None
     #: ``sum_c a_c (x_c - m)``, or None where no ``a`` was asked for.
     shifted_sum: Array | None
     #: ``sum_c a_c`` for class probabilities, else None.
@@ -272,17 +272,17 @@ def row_statistics(
     shifted = scores - shift
     exp_shifted = xp.exp(shifted)
     total = xp.sum(exp_shifted, axis=-1)
-    target_logit = shifted_sum = mass = None
+    shifted_target = shifted_sum = mass = None
     if index is not None:
         # x_y - m, gathered from the logits rather than from x - m: the same subtraction, but
         # XLA then need not write x - m to memory for the gather (three times faster under
         # jax.jit).
-        target_logit = take_class(xp, scores, index) - shift[..., 0]
+        shifted_target = take_class(xp, scores, index) - shift[..., 0]
     if coefficients is not None:
         shifted_sum = xp.sum(shifted * coefficients, axis=-1)
         if not isinstance(coefficients, float) and coefficients.ndim == scores.ndim:
             mass = xp.sum(coefficients, axis=-1)
-    return RowStatistics(shift, total, target_logit, shifted_sum, mass, exp_shifted, shifted)
+    return RowStatistics(shift, total, shifted_target, shifted_sum, mass, exp_shifted, shifted)
 
 
 def coefficients(
@@ -362,9 +362,9 @@ def cross_entropy_pass(
         return Unreduced(loss, denominator, _through_softcap(problem, grad))
 
     picks = terms.picks
-    assert stats.target_logit is not None
+    assert stats.shifted_target is not None
     loss = terms.loss(
-        problem, log_norm, stats.target_logit, stats.shifted_sum, stats.shift[..., 0]
+        problem, log_norm, stats.shifted_target, stats.shifted_sum, stats.shift[..., 0]
     )
     if not gradient:
         return Unreduced(loss, terms.weight_sum(problem))

@@ -94,9 +94,9 @@ def softmax_focal_loss_pass(problem: Classes, gamma: float, *, gradient: bool) -
     terms = IndexTerms.of(problem, 0.0)
     picks = terms.picks
     stats = row_statistics(problem, picks.index, None)
-    assert stats.target_logit is not None
+    assert stats.shifted_target is not None
     log_norm = safe_log(xp, stats.total)
-    log_p = stats.target_logit - log_norm
+    log_p = stats.shifted_target - log_norm
     term, slope = focal_factors(xp, log_p, gamma)
     # where, not a product: an ignored position's log p may be -inf or NaN
     loss = mark_bad(xp, xp.where(picks.kept, -picks.weight * term, 0.0), picks.bad)
@@ -178,10 +178,11 @@ def poly1_cross_entropy_pass(
     terms = IndexTerms.of(problem, smoothing)
     picks = terms.picks
     stats = row_statistics(problem, picks.index, terms.class_weights if smoothing > 0.0 else None)
-    assert stats.target_logit is not None
+    assert stats.shifted_target is not None
     log_norm = safe_log(xp, stats.total)
-    ce = terms.loss(problem, log_norm, stats.target_logit, stats.shifted_sum, stats.shift[..., 0])
-    log_p = stats.target_logit - log_norm
+    shift = stats.shift[..., 0]
+    ce = terms.loss(problem, log_norm, stats.shifted_target, stats.shifted_sum, shift)
+    log_p = stats.shifted_target - log_norm
     classes = problem.num_classes
     miss = (1.0 - smoothing) * -xp.expm1(log_p) + smoothing * (classes - 1) / classes
     # where, not a product: an ignored position's log p may be NaN

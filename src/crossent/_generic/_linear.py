@@ -194,7 +194,7 @@ class Linear(Problem):
         )
 
     def picks(self) -> Picks:
-        """What the class indices picks, over every position."""
+        """What the class indices pick, over every position."""
         return picks_of_indices(
             self.xp,
             self.target,

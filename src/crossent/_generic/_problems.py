@@ -1,9 +1,10 @@
 """A call's arguments, checked once and put in one canonical form, and its reduction.
 
 Every loss and its gradient work on a *problem*: :class:`Classes` for the categorical losses
-(``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs``), :class:`Pointwise` for the
-elementwise ones (the binary losses, ``kl_div``). Both reduce an :class:`Unreduced` loss
-the same way (:meth:`Problem.reduce`).
+(``cross_entropy``, ``nll_loss``, ``cross_entropy_from_probs`` and their variants),
+:class:`Pointwise` for the elementwise ones (the binary losses, ``kl_div``; ``_binary``'s
+``MultiLabel`` for one loss per row of labels), ``_divergence.Distributions`` for ``entropy``.
+Each reduces an :class:`Unreduced` loss the same way (:meth:`Problem.reduce`).
 """
 
 from __future__ import annotations
@@ -100,8 +101,6 @@ class Problem:
 
     #: The names of the floating arrays, besides the predictions, that autodiff may reach.
     others: ClassVar[tuple[str, ...]] = ()
-    #: The axes of the caller's predictions that one position's loss sums over.
-    position_axes: ClassVar[tuple[int, ...]] = ()
 
     def caller_predictions(self) -> Array:
         """The predictions in the caller's layout."""
@@ -122,7 +121,7 @@ class Problem:
 
     def loss_axes(self) -> tuple[int, ...]:
         """The axes of the caller's predictions that one position's loss sums over."""
-        return self.position_axes
+        return ()
 
     def _denominator(self, result: Unreduced) -> Array | float:
         if result.denominator is not None:
@@ -132,7 +131,7 @@ class Problem:
 
     def reduce(self, result: Unreduced) -> Array:
         """The reduced loss: ``"none"`` keeps every position, ``"sum"`` adds them up, ``"mean"``
-        (and ``kl_div``'s ``"batchmean"``) divides that sum by the pass's denominator or the
+        (and ``kl_div``'s ``"batchmean"``) divides that sum by the result's denominator or the
         problem's count. An empty mean is NaN, as torch's."""
         xp = self.xp
         if self.reduction == "none":

@@ -98,7 +98,7 @@ class Collectives(Protocol):
 
 
 def collectives(loss: str, process_group: object) -> Collectives:
-    """``process_group`` as the dispatcher passes it to a public function's ``prepare_*``: the
+    """``process_group`` as the dispatcher passes it to a loss's preparation: the
     group's :class:`Collectives`. Anything else comes from a caller of ``value_and_grad`` or
     ``grad``, which do not split classes."""
     if not isinstance(process_group, Collectives):
@@ -230,16 +230,16 @@ def row_statistics(
         local_index = index - problem.class_offset
         here = (local_index >= 0) & (local_index < local)
         if local:
-            target_logit = take_class(xp, shifted, xp.where(here, local_index, 0))
-            statistics.append(xp.where(here, target_logit, 0.0))
+            shifted_target = take_class(xp, shifted, xp.where(here, local_index, 0))
+            statistics.append(xp.where(here, shifted_target, 0.0))
         else:
             statistics.append(xp.zeros(positions, dtype=scores.dtype, device=on))
     if coefficients is not None:
         statistics.append(xp.sum(shifted * coefficients, axis=-1))
     summed = group.sum(xp.stack(statistics, axis=0))
-    target_logit = summed[1, ...] if index is not None else None
+    shifted_target = summed[1, ...] if index is not None else None
     shifted_sum = summed[-1, ...] if coefficients is not None else None
-    return RowStatistics(shift, summed[0, ...], target_logit, shifted_sum, None, exp_shifted)
+    return RowStatistics(shift, summed[0, ...], shifted_target, shifted_sum, None, exp_shifted)
 
 
 def cross_entropy_pass(

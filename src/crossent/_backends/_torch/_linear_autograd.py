@@ -58,14 +58,14 @@ def _linear_chunk(
     shift = logits.amax(dim=1, keepdim=True)
     shift.masked_fill_(shift == -torch.inf, 0.0)  # a row of all -inf: exp gives 0, not NaN
     logits -= shift
-    target_logit = logits.gather(1, index)[:, 0]
+    shifted_target = logits.gather(1, index)[:, 0]
     shifted_sum = None
     if smoothing > 0.0:
         w = cp.weight
         shifted_sum = logits.sum(dim=1) if w is None else torch.mv(logits, w)
     logits.exp_()
     total = logits.sum(dim=1)
-    loss = terms.loss(cp, torch.log(total), target_logit, shifted_sum)
+    loss = terms.loss(cp, torch.log(total), shifted_target, shifted_sum)
     if not gradient:
         return loss, None
     coefficient = terms.softmax_coefficient(cp) / total
