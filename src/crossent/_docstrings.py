@@ -42,6 +42,13 @@ Returns
 -------
 array
     Of the library, device and dtype of ``%(first)s``; 0-d unless ``reduction="none"``.""",
+    "parameters_softmax": """\
+Parameters
+----------
+x : array
+    Real floating array of any Array API library.
+axis : int, default -1
+    The class axis.""",
     "raises_softmax": """\
 Raises
 ------

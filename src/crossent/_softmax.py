@@ -102,12 +102,7 @@ def softmax(x: Array, *, axis: int = -1) -> Array:
         \operatorname{softmax}(x)_{ij} = \frac{\exp(x_{ij} - m_i)}{\sum_k \exp(x_{ik} - m_i)},
         \qquad m_i = \max_k x_{ik}
 
-    Parameters
-    ----------
-    x : array
-        Real floating array of any Array API library.
-    axis : int, default -1
-        The class axis.
+    %(parameters_softmax)s
 
     Returns
     -------
@@ -140,12 +135,7 @@ def log_softmax(x: Array, *, axis: int = -1) -> Array:
 
         \operatorname{log\_softmax}(x)_{ij} = (x_{ij} - m_i) - \log \sum_k \exp(x_{ik} - m_i)
 
-    Parameters
-    ----------
-    x : array
-        Real floating array of any Array API library.
-    axis : int, default -1
-        The class axis.
+    %(parameters_softmax)s
 
     Returns
     -------

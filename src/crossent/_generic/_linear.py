@@ -37,6 +37,7 @@ __all__ = [
     "CHUNK_BYTES_MIN",
     "CHUNK_FRACTION",
     "NO_GRADIENTS",
+    "GradientSums",
     "Linear",
     "chunk_gradients",
     "chunk_pass",
@@ -348,23 +349,36 @@ def linear_cross_entropy_value_and_grad(
     ``wanted`` asks for (None for the others), in the caller's shapes and dtype: of the
     reduced loss (for ``"none"``, of the summed loss)."""
     factor = gradient_factor(problem)
-    losses, d_hidden = [], []
-    d_weight = d_bias = None
+    losses, sums = [], GradientSums()
     for start, stop in problem.spans():
         hidden, target = _rows(problem, start, stop)
         rows = rows_of(factor, start, stop)
         loss, g = chunk_pass(problem, smoothing, hidden, target, rows, gradient=True)
         assert g is not None
         losses.append(loss)
-        dh, dw, db = chunk_gradients(problem, g, hidden, wanted)
-        if dh is not None:
-            d_hidden.append(dh)
-        if dw is not None:
-            d_weight = dw if d_weight is None else d_weight + dw
-        if db is not None:
-            d_bias = db if d_bias is None else d_bias + db
+        sums.add(*chunk_gradients(problem, g, hidden, wanted))
     value = problem.reduce_losses(_join(problem, losses))
-    return value, finish_gradients(problem, wanted, _join(problem, d_hidden, 2), d_weight, d_bias)
+    d_hidden = _join(problem, sums.hidden, 2)
+    return value, finish_gradients(problem, wanted, d_hidden, sums.weight, sums.bias)
+
+
+@dataclass
+class GradientSums:
+    """The gradients of the chunks so far: the rows of ``hidden``'s, one chunk's after
+    another, and the sums of ``weight``'s and ``bias``'s (None until a chunk gives one)."""
+
+    hidden: list[Array] = field(default_factory=list)
+    weight: Array | None = None
+    bias: Array | None = None
+
+    def add(self, d_hidden: Array | None, d_weight: Array | None, d_bias: Array | None) -> None:
+        """One chunk's share (:func:`chunk_gradients`)."""
+        if d_hidden is not None:
+            self.hidden.append(d_hidden)
+        if d_weight is not None:
+            self.weight = d_weight if self.weight is None else self.weight + d_weight
+        if d_bias is not None:
+            self.bias = d_bias if self.bias is None else self.bias + d_bias
 
 
 def finish_gradients(

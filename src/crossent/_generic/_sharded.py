@@ -47,6 +47,7 @@ from ._arrays import constant, is_eager
 from ._categorical import RowStatistics, take_class
 from ._linear import (
     NO_GRADIENTS,
+    GradientSums,
     Linear,
     Wanted,
     chunk_gradients,
@@ -321,30 +322,25 @@ def linear_pass(
     share), of this member's ``weight`` and ``bias``. Unfinished: flat, compute dtype."""
     xp = problem.xp
     gradient = any(wanted)
-    losses, d_hidden = [], []
-    d_weight = d_bias = None
+    losses, sums = [], GradientSums()
     for start, stop in problem.spans():
         hidden, target = problem.hidden[start:stop, ...], problem.target[start:stop, ...]
         rows = rows_of(factor, start, stop)
         loss, g = chunk_pass(problem, smoothing, group, hidden, target, rows, gradient=gradient)
         losses.append(loss)
-        if g is None:
-            continue
-        dh, dw, db = chunk_gradients(problem, g, hidden, wanted)
-        if dh is not None:
-            d_hidden.append(dh)
-        if dw is not None:
-            d_weight = dw if d_weight is None else d_weight + dw
-        if db is not None:
-            d_bias = db if d_bias is None else d_bias + db
+        if g is not None:
+            sums.add(*chunk_gradients(problem, g, hidden, wanted))
     on = device(problem.hidden)
     if not losses:  # no positions: no collective either, on any member
-        return xp.zeros((0,), dtype=problem.compute_dtype, device=on), None, d_weight, d_bias
+        return xp.zeros((0,), dtype=problem.compute_dtype, device=on), None, sums.weight, sums.bias
     summed = None
-    if d_hidden:
-        summed = group.sum(d_hidden[0] if len(d_hidden) == 1 else xp.concat(d_hidden, axis=0))
+    if sums.hidden:
+        rows_of_hidden = sums.hidden
+        summed = group.sum(
+            rows_of_hidden[0] if len(rows_of_hidden) == 1 else xp.concat(rows_of_hidden, axis=0)
+        )
     joined = losses[0] if len(losses) == 1 else xp.concat(losses, axis=0)
-    return joined, summed, d_weight, d_bias
+    return joined, summed, sums.weight, sums.bias
 
 
 def linear_cross_entropy(problem: ShardedLinear, smoothing: float, group: Collectives) -> Array:
