@@ -1,12 +1,12 @@
-"""Kernels for NumPy arrays: cross-entropy of class indices, block by block, in threads.
+"""Kernels for NumPy arrays: cross-entropy, block by block, in threads.
 
 The generic path makes four full passes over the logits with full-size temporaries (shift,
 exponentiate, sum, gather), each streamed from memory. Here the rows go through in blocks small
 enough to stay in a core's cache: a block is shifted, summed, exponentiated and summed again
 while it sits there, into a buffer of the block's size, so that the logits are read from memory
 once and no temporary of their size is made. NumPy's ufuncs release the GIL, so blocks run on a
-thread per core. The per-position arithmetic that follows is the generic path's own
-(:class:`crossent._generic._categorical.IndexTerms`).
+thread per core. Each target kind has its block step, and the per-position arithmetic that
+follows is the generic path's own (``IndexTerms.loss``, ``probability_loss``).
 """
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _buffer(rows: int, columns: int, dtype: np.dtype[Any]) -> np.ndarray:
+def _buffer(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     """A block-sized scratch array of this thread, made once and reused."""
-    key = (rows, columns, dtype)
+    key = (shape, dtype)
     if getattr(_buffers, "key", None) != key:
         _buffers.key = key
-        _buffers.array = np.empty((rows, columns), dtype=dtype)
+        _buffers.array = np.empty(shape, dtype=dtype)
     out: np.ndarray = _buffers.array
     return out
 
@@ -192,170 +192,189 @@ def _applies(problem: Classes) -> bool:
     return problem.index_target or _Rows.applies(problem, problem.target)
 
 
-def _statistics(
-    problem: Classes,
-    terms: IndexTerms | None,
-    smoothing: float,
-    gradient: np.ndarray | None = None,
-    scale: Any = None,
-) -> tuple[Any, ...]:
-    """Read the rows once, block by block.
+class _Blocks:
+    """The blocks of rows of one call, each read into a block of the gradient (if given) or of
+    a thread's scratch, which also holds one of the target's rows (class probabilities) and
+    the capped logits' ``tanh`` for the chain rule (``softcap``). ``found``: what the blocks
+    keep of each row, in the order the generic loss of their kind reads it."""
 
-    Class indices (``terms``): the log normaliser, the shifted target logit and, with
-    smoothing, the weighted sum of shifted logits of every position. Class probabilities
-    (``terms`` None): the log normaliser, the target's weighted mass and its weighted sum of
-    shifted logits, the target smoothed and weighted as the generic path does.
+    def __init__(self, problem: Classes, gradient: Any, targets: _Rows | None) -> None:
+        self.logits, self.targets = _Rows(problem, problem.predictions), targets
+        self.dtype, self.cap = np.dtype(problem.compute_dtype), problem.softcap
+        converted = self.logits.array.dtype != self.dtype  # float16: each block as it is read
+        self.copy = converted or self.logits.strided or self.cap is not None
+        self.positions, self.classes = problem.num_positions, problem.num_classes
+        self.rows = max(1, BLOCK_ELEMENTS // self.classes)
+        self.parts = 1 + (targets is not None) + (self.cap is not None)
+        self.gradient = None if gradient is None else gradient.reshape(-1, self.classes)
+        # Row sums as a product with a vector of ones: BLAS's gemv is three times faster than
+        # np.sum along a short axis, and as exact for these sums of positive terms.
+        self.ones = np.ones(self.classes, dtype=self.dtype)
+        self.log_norm = np.empty(self.positions, self.dtype)
+        self.shift = np.empty(self.positions, self.dtype) if problem.z_loss > 0.0 else None
+        self.found: tuple[np.ndarray | None, ...] = ()
 
-    With ``gradient`` (a C-contiguous array of the class-last shape), each block's
-    exponentials are turned into its gradient there, instead of in a scratch buffer: times
-    ``scale`` at kept positions, 0 at ignored ones (None: the gradient of the sum).
+    def run(self, problem: Classes, step: Callable[..., None]) -> list[np.ndarray | None]:
+        """``step(self, lo, hi, scratch)`` on every block of rows, in threads; ``found``, in
+        the shape of the positions."""
 
-    ``softcap``: each block is capped as it is read (its ``tanh`` kept in a second scratch
-    block for the gradient's chain rule). ``z_loss``: each row's shift is kept too (the last
-    statistic; None without the z-loss), and the gradient's softmax factor gains
-    ``2 z_loss w_n lse_n`` once the block's row sums are known. Sample weights are in the
-    terms' weights (class indices) or multiply each row's loss and each term of its gradient
-    (class probabilities).
-    """
-    logits = _Rows(problem, problem.predictions)
-    targets = None if terms is not None else _Rows(problem, problem.target)
-    rows, classes = problem.num_positions, problem.num_classes
-    dtype = np.dtype(problem.compute_dtype)
-    convert = logits.array.dtype != dtype  # float16: each block is converted as it is read
-    cap = problem.softcap
-    copy = convert or logits.strided or cap is not None
-    z_loss = problem.z_loss
-    shifts = np.empty(rows, dtype=dtype) if z_loss > 0.0 else None
-    sample = (
-        None if problem.sample_weight is None else np.asarray(problem.sample_weight).reshape(-1)
-    )
-    log_norm = np.empty(rows, dtype=dtype)
-    target_logit = np.empty(rows, dtype=dtype)  # the target logit, or the target's sum of them
-    mass = np.empty(rows, dtype=dtype) if terms is None else None
-    shifted_sum = np.empty(rows, dtype=dtype) if terms is not None and smoothing > 0 else None
-    class_weights = None if problem.weight is None else np.asarray(problem.weight)
-    block_rows = max(1, BLOCK_ELEMENTS // classes)
-    grad_rows = None if gradient is None else gradient.reshape(-1, classes)
-    index = None if terms is None else np.asarray(terms.picks.index).reshape(-1)
+        def work(start: int, stop: int) -> None:
+            scratch = _buffer((self.parts, self.rows, self.classes), self.dtype)
+            lo = start
+            while lo < stop:
+                hi = self.logits.stop(lo, min(lo + self.rows, stop))
+                if self.targets is not None:
+                    hi = self.targets.stop(lo, hi)
+                step(self, lo, hi, scratch)
+                lo = hi
 
-    if gradient is not None:
-        if terms is not None:
-            kept = np.asarray(terms.picks.kept).reshape(-1)
-            row_scale = kept.astype(dtype) if scale is None else np.where(kept, scale, 0.0)
-            softmax_scale = row_scale * np.asarray(terms.softmax_coefficient(problem)).reshape(-1)
-            target_term = row_scale * np.asarray(terms.target_term()).reshape(-1)
-            # (eps / C) w_c, taken from every class of a kept position (times its sample weight)
-            spread = (smoothing / classes) * (1.0 if class_weights is None else class_weights)
-            spread_scale = row_scale * np.asarray(terms.picks.kept_weight).reshape(-1)
-            # the z-loss's 2 z_loss w_n, times lse_n in the block
-            z_scale = (2.0 * z_loss) * row_scale * np.asarray(terms.picks.weight).reshape(-1)
+        _run_blocks(self.positions, self.classes, work)
+        shape = problem.predictions.shape[:-1]
+        return [None if row is None else row.reshape(shape) for row in self.found]
+
+    def shifted(
+        self, lo: int, hi: int, scratch: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Rows ``lo:hi`` read, capped and shifted, ``x - m``, where they are written; the
+        capped logits' ``tanh`` (or None); the shifts ``m``."""
+        out = scratch[0, : hi - lo] if self.gradient is None else self.gradient[lo:hi]
+        if self.copy:
+            self.logits.read(lo, hi, out)
+        block = out if self.copy else self.logits.array[lo:hi]
+        tanh = None
+        if self.cap is not None:
+            tanh = scratch[-1, : hi - lo]
+            np.divide(out, self.cap, out=tanh)
+            np.tanh(tanh, out=tanh)
+            np.multiply(tanh, self.cap, out=out)
+            shift = _row_max(out)
         else:
-            row_scale = np.broadcast_to(np.asarray(1.0 if scale is None else scale, dtype), rows)
-            if sample is not None:  # each term of the gradient, as the generic weigh_rows
-                row_scale = row_scale * sample
-            z_scale = (2.0 * z_loss) * row_scale
+            shift = self.logits.row_max(lo, hi, block)
+        shift[shift == -np.inf] = 0.0  # a row of all -inf: exp gives 0, not NaN
+        if self.shift is not None:  # the z-loss's
+            self.shift[lo:hi] = shift
+        np.subtract(block, shift[:, None], out=out)
+        return out, tanh, shift
 
-    # Row sums as a product with a vector of ones: BLAS's gemv is three times faster than
-    # np.sum along a short axis, and as exact for these sums of positive terms.
-    ones = np.ones(classes, dtype=dtype)
-    class_weights = ones if class_weights is None else class_weights.astype(dtype)
+    def normalised(self, lo: int, hi: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``exp(x - m)`` in place of ``out``; ``sum_c exp(x_c - m)`` and its log, kept."""
+        np.exp(out, out=out)
+        total: np.ndarray = out @ self.ones
+        return total, np.log(total, out=self.log_norm[lo:hi])
 
-    # scratch blocks of a thread: its logits (unless they go into the gradient), the target's
-    # rows (class probabilities), the tanh of the capped logits (softcap)
-    parts = 1 + (terms is None) + (cap is not None)
-    capped_at = (1 + (terms is None)) * block_rows
 
-    def work(start: int, stop: int) -> None:
-        scratch = _buffer(parts * block_rows, classes, dtype)
-        lo = start
-        while lo < stop:
-            hi = logits.stop(lo, min(lo + block_rows, stop))
-            if targets is not None:
-                hi = targets.stop(lo, hi)
-            out = scratch[: hi - lo] if grad_rows is None else grad_rows[lo:hi]
-            if copy:
-                logits.read(lo, hi, out)
-                block = out
-            else:
-                block = logits.array[lo:hi]
-            if cap is not None:
-                tanh = scratch[capped_at : capped_at + hi - lo]
-                np.divide(out, cap, out=tanh)
-                np.tanh(tanh, out=tanh)
-                np.multiply(tanh, cap, out=out)
-                shift = _row_max(out)
-            else:
-                shift = logits.row_max(lo, hi, block)
-            shift[shift == -np.inf] = 0.0  # a row of all -inf: exp gives 0, not NaN
-            if shifts is not None:
-                shifts[lo:hi] = shift
-            np.subtract(block, shift[:, None], out=out)
-            local = np.arange(hi - lo)
-            if targets is not None:  # class probabilities, smoothed and weighted
-                weighted = scratch[block_rows : block_rows + hi - lo]
-                targets.read(lo, hi, weighted)
-                if smoothing > 0.0:
-                    weighted *= 1.0 - smoothing
-                    weighted += smoothing / classes
-                if problem.weight is not None:
-                    weighted *= class_weights
-                mass[lo:hi] = weighted @ ones  # type: ignore[index]
-                target_logit[lo:hi] = np.einsum("ij,ij->i", weighted, out)
-            else:
-                target_logit[lo:hi] = out[local, index[lo:hi]]  # type: ignore[index]
-                if shifted_sum is not None:
-                    np.matmul(out, class_weights, out=shifted_sum[lo:hi])
-            np.exp(out, out=out)
-            total = out @ ones
-            log_norm[lo:hi] = np.log(total)
-            z = None
-            if gradient is not None and z_loss > 0.0:
-                z = z_scale[lo:hi] * (shift + log_norm[lo:hi])
-                if terms is not None:  # ignored positions: 0, though their lse be inf
-                    z = np.where(kept[lo:hi], z, 0.0)
-            if gradient is not None and targets is not None:
-                factor = row_scale[lo:hi] * mass[lo:hi]  # type: ignore[index]
-                if z is not None:
-                    factor = factor + z
-                out *= (factor / total)[:, None]
-                out -= row_scale[lo:hi, None] * weighted
-            elif gradient is not None:
-                factor = softmax_scale[lo:hi] if z is None else softmax_scale[lo:hi] + z
-                out *= (factor / total)[:, None]
-                if smoothing > 0.0:
-                    out -= spread_scale[lo:hi, None] * spread
-                out[local, index[lo:hi]] -= target_term[lo:hi]  # type: ignore[index]
-            if gradient is not None and cap is not None:
-                np.multiply(tanh, tanh, out=tanh)  # the chain rule: times 1 - tanh**2
-                np.subtract(1.0, tanh, out=tanh)
-                out *= tanh
-            lo = hi
+def _through_softcap(out: np.ndarray, tanh: np.ndarray | None) -> None:
+    """A block's gradient times the derivative of soft-capping, ``1 - tanh**2``."""
+    if tanh is not None:
+        np.multiply(tanh, tanh, out=tanh)
+        np.subtract(1.0, tanh, out=tanh)
+        out *= tanh
 
-    _run_blocks(rows, classes, work)
-    shape = problem.predictions.shape[:-1]
-    shift_rows = None if shifts is None else shifts.reshape(shape)
-    if terms is None:
-        statistics = (log_norm, mass, target_logit)
-        return (*(x.reshape(shape) for x in statistics), shift_rows)  # type: ignore[union-attr]
-    return (
-        log_norm.reshape(shape),
-        target_logit.reshape(shape),
-        None if shifted_sum is None else shifted_sum.reshape(shape),
-        shift_rows,
-    )
+
+class _IndexBlocks(_Blocks):
+    """Blocks with class indices: each row's shifted target logit and, with smoothing, its
+    class-weighted sum of shifted logits; with a gradient, the factors of each position's:
+    ``s_n`` of the softmax, ``(1 - eps) w_y`` of the target class, the sample weight of
+    smoothing's ``(eps / C) w_c`` and the z-loss's ``2 z_loss w_n`` (times ``lse_n`` in the
+    block), all times ``scale`` at kept positions and 0 at ignored ones (None: 1)."""
+
+    def __init__(
+        self, problem: Classes, terms: IndexTerms, smoothing: float, gradient: Any, scale: Any
+    ) -> None:
+        super().__init__(problem, gradient, None)
+        self.index = np.asarray(terms.picks.index).reshape(-1)
+        self.shifted_target = np.empty(self.positions, self.dtype)
+        self.shifted_sum = np.empty(self.positions, self.dtype) if smoothing > 0.0 else None
+        weight = problem.weight
+        self.weights = self.ones if weight is None else np.asarray(weight, self.dtype)
+        self.smoothing = smoothing
+        self.found = (self.log_norm, self.shifted_target, self.shifted_sum, self.shift)
+        if gradient is None:
+            return
+        self.kept = kept = np.asarray(terms.picks.kept).reshape(-1)
+        row_scale = kept.astype(self.dtype) if scale is None else np.where(kept, scale, 0.0)
+        self.softmax = row_scale * np.asarray(terms.softmax_coefficient(problem)).reshape(-1)
+        self.target = row_scale * np.asarray(terms.target_term()).reshape(-1)
+        self.spread = (smoothing / self.classes) * (1.0 if weight is None else weight)
+        self.spread_rows = row_scale * np.asarray(terms.picks.kept_weight).reshape(-1)
+        self.z = (2.0 * problem.z_loss) * row_scale * np.asarray(terms.picks.weight).reshape(-1)
+
+
+def _index_block(blocks: _IndexBlocks, lo: int, hi: int, scratch: np.ndarray) -> None:
+    """Rows ``lo:hi`` with class indices: their statistics, and their gradient if asked."""
+    out, tanh, shift = blocks.shifted(lo, hi, scratch)
+    local, index = np.arange(hi - lo), blocks.index[lo:hi]
+    blocks.shifted_target[lo:hi] = out[local, index]
+    if blocks.shifted_sum is not None:
+        np.matmul(out, blocks.weights, out=blocks.shifted_sum[lo:hi])
+    total, log_norm = blocks.normalised(lo, hi, out)
+    if blocks.gradient is None:
+        return
+    factor = blocks.softmax[lo:hi]
+    if blocks.shift is not None:  # the z-loss: 0 at ignored positions, though their lse be inf
+        factor = factor + np.where(blocks.kept[lo:hi], blocks.z[lo:hi] * (shift + log_norm), 0.0)
+    out *= (factor / total)[:, None]
+    if blocks.smoothing > 0.0:
+        out -= blocks.spread_rows[lo:hi, None] * blocks.spread
+    out[local, index] -= blocks.target[lo:hi]
+    _through_softcap(out, tanh)
+
+
+class _ProbabilityBlocks(_Blocks):
+    """Blocks with class probabilities: each row's mass of the target (smoothed and weighted
+    as the generic ``coefficients``) and its sum of shifted logits by it; with a gradient,
+    each position's factor, ``scale`` times its sample weight (as ``weigh_rows``)."""
+
+    def __init__(self, problem: Classes, smoothing: float, gradient: Any, scale: Any) -> None:
+        super().__init__(problem, gradient, _Rows(problem, problem.target))
+        self.smoothing = smoothing
+        self.weights = None if problem.weight is None else np.asarray(problem.weight, self.dtype)
+        self.mass = np.empty(self.positions, self.dtype)
+        self.shifted_sum = np.empty(self.positions, self.dtype)
+        self.found = (self.log_norm, self.mass, self.shifted_sum, self.shift)
+        if gradient is None:
+            return
+        factor = np.asarray(1.0 if scale is None else scale, self.dtype)
+        self.row_scale = np.broadcast_to(factor, self.positions)
+        if problem.sample_weight is not None:
+            self.row_scale = self.row_scale * np.asarray(problem.sample_weight).reshape(-1)
+        self.z = (2.0 * problem.z_loss) * self.row_scale  # the z-loss's, times lse_n in the block
+
+
+def _probability_block(blocks: _ProbabilityBlocks, lo: int, hi: int, scratch: np.ndarray) -> None:
+    """Rows ``lo:hi`` with class probabilities: their statistics, and their gradient if asked."""
+    out, tanh, shift = blocks.shifted(lo, hi, scratch)
+    weighted = scratch[1, : hi - lo]
+    blocks.targets.read(lo, hi, weighted)  # type: ignore[union-attr]
+    if blocks.smoothing > 0.0:
+        weighted *= 1.0 - blocks.smoothing
+        weighted += blocks.smoothing / blocks.classes
+    if blocks.weights is not None:
+        weighted *= blocks.weights
+    mass = blocks.mass[lo:hi] = weighted @ blocks.ones
+    blocks.shifted_sum[lo:hi] = np.einsum("ij,ij->i", weighted, out)
+    total, log_norm = blocks.normalised(lo, hi, out)
+    if blocks.gradient is None:
+        return
+    row_scale = blocks.row_scale[lo:hi]
+    factor = row_scale * mass
+    if blocks.shift is not None:  # the z-loss
+        factor = factor + blocks.z[lo:hi] * (shift + log_norm)
+    out *= (factor / total)[:, None]
+    out -= row_scale[:, None] * weighted
+    _through_softcap(out, tanh)
 
 
 def _loss(
-    problem: Classes, smoothing: float, statistics: tuple[np.ndarray, ...], terms: Any
+    problem: Classes, terms: IndexTerms | None, smoothing: float, gradient: Any, scale: Any
 ) -> Any:
-    if terms is not None:
-        return terms.loss(problem, *statistics)
-    log_norm, mass, target_sum, shift = statistics
-    loss = log_norm * mass - target_sum  # the generic path's loss of class probabilities
-    if shift is not None:  # the z-loss
-        lse = shift + log_norm
-        loss = loss + problem.z_loss * (lse * lse)
-    return loss if problem.sample_weight is None else loss * np.asarray(problem.sample_weight)
+    """Each position's loss, by the generic arithmetic from what the blocks find in its row;
+    with a ``gradient`` buffer, the gradient of the sum there, each position's times ``scale``."""
+    if terms is None:
+        blocks: _Blocks = _ProbabilityBlocks(problem, smoothing, gradient, scale)
+        return _categorical.probability_loss(problem, *blocks.run(problem, _probability_block))
+    blocks = _IndexBlocks(problem, terms, smoothing, gradient, scale)
+    return terms.loss(problem, *blocks.run(problem, _index_block))
 
 
 def _weight_sum(problem: Classes, terms: IndexTerms | None) -> Any:
@@ -369,7 +388,7 @@ def cross_entropy(problem: Classes, smoothing: float) -> Any:
     if not _applies(problem):
         return None
     terms = IndexTerms.of(problem, smoothing) if problem.index_target else None
-    loss = _loss(problem, smoothing, _statistics(problem, terms, smoothing), terms)
+    loss = _loss(problem, terms, smoothing, gradient=None, scale=None)
     return problem.reduce(Unreduced(loss, _weight_sum(problem, terms)))
 
 
@@ -385,8 +404,7 @@ def cross_entropy_value_and_grad(problem: Classes, smoothing: float) -> Any:
         total = float(problem.num_positions if weight_sum is None else weight_sum)
         scale = 1.0 / total if total != 0.0 else math.nan
     gradient = np.empty(problem.predictions.shape, dtype=problem.compute_dtype)
-    statistics = _statistics(problem, terms, smoothing, gradient, scale)
-    loss = problem.reduce(Unreduced(_loss(problem, smoothing, statistics, terms), weight_sum))
+    loss = problem.reduce(Unreduced(_loss(problem, terms, smoothing, gradient, scale), weight_sum))
     return loss, problem.finish(problem.to_caller_layout(gradient))
 
 
@@ -398,7 +416,7 @@ def _linear_pass(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None] | None:
     """Every chunk of positions through one buffer of the chunk's logits: made by BLAS into
     it, turned into the losses and (with ``gradient``) into the gradient with respect to them
-    there, block by block in threads (:func:`_statistics`), then multiplied into the three
+    there, block by block in threads (:func:`_loss`), then multiplied into the three
     gradients. The weight's gradient is summed in slices of classes, each product into a
     scratch slice a quarter of the buffer's size: NumPy's ``matmul`` cannot add into its
     output, and a scratch array of the weight's size would be the largest temporary of all."""
@@ -436,8 +454,7 @@ def _linear_pass(
         cp = problem.chunk(logits, target)
         terms = IndexTerms.of(cp, smoothing) if index_target else None
         rows_scale = _linear.rows_of(scale, start, stop)
-        statistics = _statistics(cp, terms, smoothing, logits if gradient else None, rows_scale)
-        losses[start:stop] = _loss(cp, smoothing, statistics, terms)
+        losses[start:stop] = _loss(cp, terms, smoothing, logits if gradient else None, rows_scale)
         if d_hidden is not None:
             np.matmul(logits, problem.weight, out=d_hidden[start:stop])
         if d_bias is not None:

@@ -37,6 +37,7 @@ __all__ = [
     "nll_loss_value_and_grad",
     "picks_of",
     "picks_of_indices",
+    "probability_loss",
     "row_statistics",
     "take_class",
     "weigh_rows",
@@ -314,6 +315,21 @@ def weigh_rows(
     return loss * s, softmax_coefficient * s, a * s[..., None], problem.xp.sum(s)
 
 
+def probability_loss(
+    problem: Classes, log_norm: Array, mass: Array, shifted_sum: Array, shift: Array | None = None
+) -> Array:
+    """The loss of each position with class probabilities from the statistics of its row, as
+    :meth:`IndexTerms.loss` with class indices: ``log_norm sum_c a_c - sum_c a_c (x_c - m)``,
+    with the z-loss ``z_loss lse**2`` (``shift`` ``m``: ``lse = m + log_norm``), times the
+    sample weight once made (as :func:`weigh_rows`)."""
+    loss = log_norm * mass - shifted_sum
+    if problem.z_loss > 0.0:
+        assert shift is not None
+        lse = shift + log_norm
+        loss = loss + problem.z_loss * (lse * lse)
+    return loss if problem.sample_weight is None else loss * problem.sample_weight
+
+
 def cross_entropy_pass(
     problem: Classes,
     smoothing: float,
@@ -349,13 +365,14 @@ def cross_entropy_pass(
         assert stats.shifted_sum is not None
         assert stats.mass is not None
         assert a is not None
-        mass = stats.mass
-        loss = log_norm * mass - stats.shifted_sum
-        coefficient = mass
+        loss = probability_loss(
+            problem, log_norm, stats.mass, stats.shifted_sum, stats.shift[..., 0]
+        )
+        coefficient = stats.mass
         if lse is not None:
-            loss = loss + problem.z_loss * (lse * lse)
             coefficient = coefficient + (2.0 * problem.z_loss) * lse
-        loss, coefficient, a, denominator = weigh_rows(problem, loss, coefficient, a)
+        # the loss has its sample weight already; the gradient's terms get theirs here
+        _, coefficient, a, denominator = weigh_rows(problem, loss, coefficient, a)
         if not gradient:
             return Unreduced(loss, denominator)
         grad = exp_shifted() * (coefficient / stats.total)[..., None] - a
