@@ -7,7 +7,7 @@ from ._generic import _linear as generic
 from ._generic import _sharded
 from ._generic._arrays import is_eager, reshape
 from ._generic._linear import Linear, default_chunk_size
-from ._generic._problems import as_default_integer
+from ._generic._problems import check_target
 from ._typing import Array
 from ._validation import (
     check_class_indices,
@@ -227,31 +227,23 @@ def linear_cross_entropy(
                 f"weight of shape {shape_str(weight.shape)} has no classes (V = 0) on any "
                 "process of process_group"
             )
-    if xp.isdtype(target.dtype, "integral"):
-        if tuple(target.shape) != positions:
-            raise ValueError(
-                f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
-                f"hidden {shape_str(shape)} without its last axis"
-            )
-        target = as_default_integer(xp, target, classes, ignore_index, eager)
-        flat_target = reshape(xp, target, (-1,))
-    elif xp.isdtype(target.dtype, "real floating"):
-        expected = (*positions, num_classes)
-        if tuple(target.shape) != expected:
-            raise ValueError(
-                f"target of class probabilities has shape {shape_str(target.shape)}, expected "
-                f"{shape_str(expected)}: hidden {shape_str(shape)} without its last axis, then "
-                f"the {num_classes} classes of weight (class indices would have shape "
-                f"{shape_str(positions)})"
-            )
-        # in its own dtype: each chunk converts its rows (a float32 copy of a bfloat16 target
-        # would be twice the size of the input)
-        flat_target = reshape(xp, target, (-1, num_classes))
-    else:
-        raise TypeError(
-            "target must hold class indices (an integer dtype) or class probabilities "
-            f"(a real floating dtype), got {target.dtype}"
-        )
+    target, indices = check_target(
+        xp,
+        target,
+        positions=positions,
+        probabilities_shape=(*positions, num_classes),
+        num_classes=classes,
+        ignore_index=ignore_index,
+        eager=eager,
+        indices_of=f"hidden {shape_str(shape)} without its last axis",
+        probabilities_of=(
+            f"hidden {shape_str(shape)} without its last axis, then the {num_classes} classes "
+            "of weight"
+        ),
+    )
+    # class probabilities stay in their own dtype: each chunk converts its rows (a float32
+    # copy of a bfloat16 target would be twice the size of the input)
+    flat_target = reshape(xp, target, (-1,) if indices else (-1, num_classes))
     if class_weight is not None:
         of = f"weight {shape_str(weight.shape)}"
         if group is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "Problem",
     "Unreduced",
     "as_default_integer",
+    "check_target",
     "prepare_classes",
     "prepare_pointwise",
 ]
@@ -317,31 +318,19 @@ def prepare_classes(
     positions = shape[:ax] + shape[ax + 1 :]
 
     eager = is_eager(predictions, target, weight)
-    if xp.isdtype(target.dtype, "integral"):
-        if tuple(target.shape) != positions:
-            raise ValueError(
-                f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
-                f"{pred_name} {shape_str(shape)} without class axis {axis}"
-            )
-        target = as_default_integer(xp, target, num_classes, ignore_index, eager)
-    elif probability_target and xp.isdtype(target.dtype, "real floating"):
-        if tuple(target.shape) != shape:
-            raise ValueError(
-                f"target of class probabilities has shape {shape_str(target.shape)}, expected "
-                f"{shape_str(shape)}, the shape of {pred_name} (class indices would have shape "
-                f"{shape_str(positions)})"
-            )
+    target, indices = check_target(
+        xp,
+        target,
+        positions=positions,
+        probabilities_shape=shape if probability_target else None,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        eager=eager,
+        indices_of=f"{pred_name} {shape_str(shape)} without class axis {axis}",
+        probabilities_of=f"the shape of {pred_name}",
+    )
+    if not indices:
         target = xp.moveaxis(xp.astype(target, dtype, copy=False), ax, -1)
-    elif probability_target:
-        raise TypeError(
-            "target must hold class indices (an integer dtype) or class probabilities "
-            f"(a real floating dtype), got {target.dtype}"
-        )
-    else:
-        raise TypeError(
-            f"target must hold class indices, an integer dtype, got {target.dtype}; "
-            "for class probabilities use cross_entropy"
-        )
 
     if weight is not None:
         of = f"{pred_name} {shape_str(shape)} along axis {axis}"
@@ -368,6 +357,49 @@ def prepare_classes(
     if problem.eager and problem.index_target:
         check_class_indices(xp, target, num_classes, ignore_index)
     return problem
+
+
+def check_target(
+    xp: Namespace,
+    target: Array,
+    *,
+    positions: tuple[int, ...],
+    probabilities_shape: tuple[int, ...] | None,
+    num_classes: int,
+    ignore_index: int,
+    eager: bool,
+    indices_of: str,
+    probabilities_of: str,
+) -> tuple[Array, bool]:
+    """Check a categorical target: class indices of shape ``positions`` (in the default
+    integer dtype, checked against ``[0, num_classes)`` on eager arrays, see
+    :func:`as_default_integer`), or, where ``probabilities_shape`` is given, class
+    probabilities of that shape. Returns the target and whether it holds indices.
+    ``indices_of`` and ``probabilities_of`` say in the errors where the shapes come from."""
+    if xp.isdtype(target.dtype, "integral"):
+        if tuple(target.shape) != positions:
+            raise ValueError(
+                f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
+                f"{indices_of}"
+            )
+        return as_default_integer(xp, target, num_classes, ignore_index, eager), True
+    if probabilities_shape is not None and xp.isdtype(target.dtype, "real floating"):
+        if tuple(target.shape) != probabilities_shape:
+            raise ValueError(
+                f"target of class probabilities has shape {shape_str(target.shape)}, expected "
+                f"{shape_str(probabilities_shape)}, {probabilities_of} (class indices would "
+                f"have shape {shape_str(positions)})"
+            )
+        return target, False
+    if probabilities_shape is not None:
+        raise TypeError(
+            "target must hold class indices (an integer dtype) or class probabilities "
+            f"(a real floating dtype), got {target.dtype}"
+        )
+    raise TypeError(
+        f"target must hold class indices, an integer dtype, got {target.dtype}; "
+        "for class probabilities use cross_entropy"
+    )
 
 
 def as_default_integer(
