@@ -35,41 +35,15 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from . import _dispatch
+from ._classes import TORCH_NAMES, class_name
 from ._dispatch import LOSSES
 
 __all__: list[str] = []  # filled below, a class for each declared loss
 
-#: The losses torch.nn has: its class name and the arguments of its ``__init__``, in order.
-TORCH_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "cross_entropy": (
-        "CrossEntropyLoss",
-        ("weight", "size_average", "ignore_index", "reduce", "reduction", "label_smoothing"),
-    ),
-    "nll_loss": ("NLLLoss", ("weight", "size_average", "ignore_index", "reduce", "reduction")),
-    "binary_cross_entropy": ("BCELoss", ("weight", "size_average", "reduce", "reduction")),
-    "binary_cross_entropy_with_logits": (
-        "BCEWithLogitsLoss",
-        ("weight", "size_average", "reduce", "reduction", "pos_weight"),
-    ),
-    "kl_div": ("KLDivLoss", ("size_average", "reduce", "reduction", "log_target")),
-    "multilabel_soft_margin_loss": (
-        "MultiLabelSoftMarginLoss",
-        ("weight", "size_average", "reduce", "reduction"),
-    ),
-}
 #: Array options given with each batch; the others are the module's buffers.
 PER_CALL = ("sample_weight",)
 _LEGACY = ("size_average", "reduce")
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-
-def class_name(name: str) -> str:
-    """The module's name for the loss ``name``: torch.nn's where it has the loss, else the
-    function's name in CamelCase, ending in ``Loss``."""
-    if name in TORCH_NAMES:
-        return TORCH_NAMES[name][0]
-    words = name.removesuffix("_loss").split("_")
-    return "".join(word[:1].upper() + word[1:] for word in words) + "Loss"
 
 
 def _is_array(parameter: inspect.Parameter) -> bool:
