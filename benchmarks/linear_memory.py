@@ -1,6 +1,7 @@
 """Peak extra memory of one ``linear_cross_entropy`` step (``ours``) or of the dense
 computation (``peer``), in this fresh process:
-``python benchmarks/linear_memory.py torch ours 4096x512x32000``.
+``python benchmarks/linear_memory.py torch ours 4096x512x32000`` (``torch:bfloat16`` for that
+dtype; the torch sides ``chunked`` and ``reference`` are ``F.linear_cross_entropy``'s).
 
 Extra memory is the growth of the resident set's high-water mark during the call, after a first
 call has loaded every library and made every cache, minus the gradients the call returns (they
@@ -41,13 +42,19 @@ def _call(backend: str, side: str, shape: tuple[int, int, int]) -> tuple[Any, An
     import torch
     import torch.nn.functional as F
 
-    h = torch.from_numpy(hidden).requires_grad_(True)
-    w = torch.from_numpy(weight).requires_grad_(True)
+    dtype = getattr(torch, backend.partition(":")[2] or "float32")  # torch:bfloat16
+    h = torch.from_numpy(hidden).to(dtype).requires_grad_(True)
+    w = torch.from_numpy(weight).to(dtype).requires_grad_(True)
     t = torch.from_numpy(target)
 
     def torch_step() -> Any:
         if side == "ours":
             loss = crossent.linear_cross_entropy(h, w, t)
+        elif side == "chunked":  # torch 2.13's own
+            options = torch.nn.LinearCrossEntropyOptions()
+            loss = F.linear_cross_entropy(h, w, t, options=options)
+        elif side == "reference":
+            loss = F.linear_cross_entropy(h, w, t, options=None)
         else:
             loss = F.cross_entropy(F.linear(h, w), t)
         loss.backward()

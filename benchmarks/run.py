@@ -102,7 +102,8 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for name in ("crossent", "numpy", "scipy", "scikit-learn", "torch", "jax", "optax"):
+    for name in ("crossent", "numpy", "scipy", "scikit-learn", "torch", "jax", "optax",
+                 "transformers"):  # fmt: skip
         with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
     return out
@@ -123,6 +124,13 @@ def _cases(args: argparse.Namespace) -> list[tuple[tuple[int, int], str, Any]]:
     if "linear" in args.suites:
         for shape in args.linear_shapes:
             planned.append((shape, "float32", lambda s=shape: suites.linear_suite(s)))
+            for dtype in ("float32", "bfloat16"):
+                planned.append(
+                    (shape, dtype, lambda s=shape, d=dtype: suites.torch_linear_suite(s, d))
+                )
+    if "transformers" in args.suites:
+        shape = (*suites.LLAMA_BATCH, suites.LLAMA["vocab_size"])
+        planned.append((shape, "float32", suites.transformers_suite))
     return planned
 
 
@@ -320,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suites",
         nargs="+",
-        default=["numpy", "torch", "jax", "linear", "dask"],
-        choices=["numpy", "torch", "jax", "linear", "dask"],
+        default=["numpy", "torch", "jax", "linear", "transformers", "dask"],
+        choices=["numpy", "torch", "jax", "linear", "transformers", "dask"],
     )
     parser.add_argument(
         "--dask-shape",

@@ -410,3 +410,101 @@ def _subprocess_memory(backend: str, side: str, shape: tuple[int, int, int]) -> 
     )
     value = json.loads(done.stdout.strip().splitlines()[-1])["extra_bytes"]
     return None if value is None else int(value)
+
+
+def torch_linear_suite(shape: tuple[int, int, int], dtype: str) -> Iterator[Case]:
+    """crossent's ``linear_cross_entropy`` forward and backward on torch, against torch 2.13's
+    own ``F.linear_cross_entropy``, chunked (``options=LinearCrossEntropyOptions()``) and on
+    its reference path (``options=None``, the dense logits). Memory: peak extra bytes in a
+    fresh process each (``linear_memory.py``)."""
+    import torch
+    import torch.nn.functional as F
+
+    hidden, weight, target = _linear_data(shape)
+    n, _, v = shape
+    torch_dtype = getattr(torch, dtype)
+    h = torch.from_numpy(hidden).to(torch_dtype)
+    w = torch.from_numpy(weight).to(torch_dtype)
+    t = torch.from_numpy(target)
+    leaves = (h.clone().requires_grad_(True), w.clone().requires_grad_(True))
+    inputs = h.nbytes + w.nbytes + t.nbytes
+    gradients = h.nbytes + w.nbytes
+
+    def step(loss_of: Callable[[Any, Any], Any]) -> Any:
+        for leaf in leaves:
+            leaf.grad = None
+        loss = loss_of(*leaves)
+        loss.backward()
+        return loss
+
+    def ours() -> Any:
+        return step(lambda a, b: crossent.linear_cross_entropy(a, b, t))
+
+    chunked = torch.nn.LinearCrossEntropyOptions()
+    for label, options, side, written in (
+        ("chunked", chunked, "chunked", "LinearCrossEntropyOptions()"),
+        ("reference path", None, "reference", "None"),
+    ):
+        yield Case(
+            "linear",
+            f"torch fwd+bwd vs F.linear_cross_entropy {label}",
+            "crossent.linear_cross_entropy(...).backward()",
+            f"F.linear_cross_entropy(..., options={written}).backward()",
+            ours,
+            lambda o=options: step(lambda a, b: F.linear_cross_entropy(a, b, t, options=o)),
+            inputs,
+            gradients,
+            memory=lambda s=side: (
+                _subprocess_memory(f"torch:{dtype}", "ours", shape),
+                _subprocess_memory(f"torch:{dtype}", s, shape),
+            ),
+            reference_bytes=n * v * 4,
+        )
+
+
+#: The tiny Llama of the transformers suite: (vocabulary, hidden size, layers), and the batch.
+LLAMA = {"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 512, "layers": 2}
+LLAMA_BATCH = (4, 256)
+
+
+def transformers_suite() -> Iterator[Case]:
+    """A training step (forward, backward) of a tiny Llama, patched by
+    ``crossent.transformers.patch`` against the stock model, on the CPU."""
+    import torch
+    import transformers
+
+    from crossent.transformers import patch
+
+    config = transformers.LlamaConfig(
+        vocab_size=LLAMA["vocab_size"],
+        hidden_size=LLAMA["hidden_size"],
+        intermediate_size=LLAMA["intermediate_size"],
+        num_hidden_layers=LLAMA["layers"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    torch.manual_seed(0)
+    stock = transformers.LlamaForCausalLM(config).train()
+    patched = patch(transformers.LlamaForCausalLM(config).train())
+    patched.load_state_dict(stock.state_dict())
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, config.vocab_size, LLAMA_BATCH, generator=g)
+
+    def step(model: Any) -> Any:
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        return loss
+
+    parameters = sum(p.nbytes for p in stock.parameters())
+    yield Case(
+        "hf",
+        "Llama training step, patched vs stock",
+        "crossent.transformers.patch(model)(..., labels=...).loss.backward()",
+        "model(..., labels=...).loss.backward()",
+        lambda: step(patched),
+        lambda: step(stock),
+        parameters + input_ids.nbytes,
+        parameters,  # the gradients
+        reference_bytes=LLAMA_BATCH[0] * LLAMA_BATCH[1] * config.vocab_size * 4,
+    )
