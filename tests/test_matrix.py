@@ -61,6 +61,18 @@ def test_main_job_shows_every_backend_agreeing():
     assert "installed backends agree" in out.stdout
     assert "numpy" in out.stdout
     assert "DISAGREES" not in out.stdout
+    assert "agree with the independent float64 reference" in out.stdout
+
+
+def test_main_job_s_reference_is_torch_s_loss():
+    """The plain-Python reference of ``python -m crossent`` is the loss torch computes."""
+    import torch
+    import torch.nn.functional as F
+
+    from crossent import __main__ as main_job
+
+    expected = F.cross_entropy(torch.asarray(main_job.LOGITS), torch.asarray(main_job.TARGET))
+    assert abs(main_job._python_reference() - float(expected)) <= 1e-15 * float(expected)
 
 
 def test_version_is_a_string():
