@@ -114,6 +114,7 @@ def docs(session: nox.Session) -> None:
     env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     common = ["-W", "--keep-going", "-d", "docs/_build/doctrees", "docs"]
     session.run("sphinx-build", "-b", "html", *common, "docs/_build/html", env=env)
+    session.run("python", "docs/_ext/offline.py", "docs/_build/html")  # nothing from a network
     session.run("sphinx-build", "-b", "doctest", *common, "docs/_build/doctest", env=env)
 
 

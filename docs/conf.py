@@ -23,6 +23,8 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
+    # MathJax 3 copied into _static and served from there: the math renders with no network
+    "sphinx-mathjax-offline",
     "numpydoc",
     "myst_parser",
     "sphinx_design",
