@@ -210,6 +210,31 @@ def test_compiles_again_no_more_often_than_torch(name, dynamic, device):
     assert ours <= torchs, f"{name} compiled {ours} times where torch's compiles {torchs}"
 
 
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "cross_entropy_from_probs"])
+@pytest.mark.parametrize("route", ROUTES)
+def test_weighted_losses_compile_over_dynamic_shapes(name, route, device, monkeypatch):
+    """Class and sample weights checked on symbolic shapes: the checks' messages are made on
+    an error alone (formatting a shape of SymInts breaks the graph)."""
+    _route(route, monkeypatch)
+    func = getattr(crossent, name)
+    compiled = torch.compile(func, backend="aot_eager", fullgraph=True, dynamic=True)
+    rng = np.random.default_rng(2)
+    for shape in SHAPES:
+        x, target = (a.to(device) for a in _inputs(name, shape, rng))
+        options = {
+            "weight": torch.as_tensor(rng.random(shape[-1]), device=device),
+            "sample_weight": torch.as_tensor(rng.random(shape[:-1]), device=device),
+            "axis": -1,
+        }
+        x = _leaf(x)
+        loss = compiled(x, target, **options)
+        (grad,) = torch.autograd.grad(loss, x)
+        expected = func(x, target, **options)
+        (expected_grad,) = torch.autograd.grad(expected, x)
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-300)
+
+
 # --- torch.export and the fast-path switch ---------------------------------------------------
 
 

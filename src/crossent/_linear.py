@@ -235,8 +235,8 @@ def linear_cross_entropy(
         num_classes=classes,
         ignore_index=ignore_index,
         eager=eager,
-        indices_of=f"hidden {shape_str(shape)} without its last axis",
-        probabilities_of=(
+        indices_of=lambda: f"hidden {shape_str(shape)} without its last axis",
+        probabilities_of=lambda: (
             f"hidden {shape_str(shape)} without its last axis, then the {num_classes} classes "
             "of weight"
         ),
@@ -245,14 +245,21 @@ def linear_cross_entropy(
     # copy of a bfloat16 target would be twice the size of the input)
     flat_target = reshape(xp, target, (-1,) if indices else (-1, num_classes))
     if class_weight is not None:
-        of = f"weight {shape_str(weight.shape)}"
-        if group is not None:
-            of = f"the {classes} classes of weight over process_group"
+
+        def of() -> str:
+            if group is not None:
+                return f"the {classes} classes of weight over process_group"
+            return f"weight {shape_str(weight.shape)}"
+
         class_weight = check_class_weights(xp, "class_weight", class_weight, classes, of, dtype)
     flat_sample_weight = None
     if sample_weight is not None:
         checked = check_sample_weight(
-            xp, sample_weight, positions, f"hidden {shape_str(shape)}", "last axis", dtype
+            xp,
+            sample_weight,
+            positions,
+            lambda: f"hidden {shape_str(shape)} without its last axis",
+            dtype,
         )
         flat_sample_weight = reshape(xp, checked, (-1,))
     if chunk_size is None:

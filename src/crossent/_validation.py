@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,29 +110,30 @@ def check_real_floating(xp: Namespace, name: str, x: Array) -> None:
 
 
 def check_class_weights(
-    xp: Namespace, name: str, weight: Array, num_classes: int, of: str, dtype: DType
+    xp: Namespace, name: str, weight: Array, num_classes: int, of: Callable[[], str], dtype: DType
 ) -> Array:
-    """One real weight per class, shape ``(num_classes,)``, in the compute ``dtype``; ``of``
-    names what has those classes, for the message."""
+    """One real weight per class, shape ``(num_classes,)``, in the compute ``dtype``; ``of()``
+    names what has those classes, for the message (a function: the message is made only on an
+    error, so that torch.compile never traces the formatting of a shape)."""
     check_real_floating(xp, name, weight)
     if tuple(weight.shape) != (num_classes,):
         raise ValueError(
             f"{name} has shape {shape_str(weight.shape)}, expected ({num_classes},): one "
-            f"weight per class of {of}"
+            f"weight per class of {of()}"
         )
     return xp.astype(weight, dtype, copy=False)
 
 
 def check_sample_weight(
-    xp: Namespace, x: Array, positions: tuple[int, ...], of: str, without: str, dtype: DType
+    xp: Namespace, x: Array, positions: tuple[int, ...], of: Callable[[], str], dtype: DType
 ) -> Array:
-    """One real weight per position, shape ``positions`` (those of ``of`` without
-    ``without``), in the compute ``dtype``."""
+    """One real weight per position, shape ``positions``, in the compute ``dtype``; ``of()``
+    says where those positions come from, for the message."""
     check_real_floating(xp, "sample_weight", x)
     if tuple(x.shape) != tuple(positions):
         raise ValueError(
             f"sample_weight has shape {shape_str(x.shape)}, expected {shape_str(positions)}: one "
-            f"weight per position, the shape of {of} without its {without}"
+            f"weight per position, the shape of {of()}"
         )
     return xp.astype(x, dtype, copy=False)
 

@@ -107,9 +107,12 @@ def prepare_distributions(
     if sample_weight is None:
         return problem
     positions = shape[:ax] + shape[ax + 1 :]
-    of = f"logits {shape_str(shape)}"
     weights = check_sample_weight(
-        xp, sample_weight, positions, of, f"axis {axis}", problem.compute_dtype
+        xp,
+        sample_weight,
+        positions,
+        lambda: f"logits {shape_str(shape)} without its axis {axis}",
+        problem.compute_dtype,
     )
     return dataclasses.replace(problem, sample_weight=weights)
 

@@ -10,6 +10,7 @@ Each reduces an :class:`Unreduced` loss the same way (:meth:`Problem.reduce`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -326,18 +327,28 @@ def prepare_classes(
         num_classes=num_classes,
         ignore_index=ignore_index,
         eager=eager,
-        indices_of=f"{pred_name} {shape_str(shape)} without class axis {axis}",
-        probabilities_of=f"the shape of {pred_name}",
+        indices_of=lambda: f"{pred_name} {shape_str(shape)} without class axis {axis}",
+        probabilities_of=lambda: f"the shape of {pred_name}",
     )
     if not indices:
         target = xp.moveaxis(xp.astype(target, dtype, copy=False), ax, -1)
 
     if weight is not None:
-        of = f"{pred_name} {shape_str(shape)} along axis {axis}"
-        weight = check_class_weights(xp, "weight", weight, num_classes, of, dtype)
+        weight = check_class_weights(
+            xp,
+            "weight",
+            weight,
+            num_classes,
+            lambda: f"{pred_name} {shape_str(shape)} along axis {axis}",
+            dtype,
+        )
     if sample_weight is not None:
         sample_weight = check_sample_weight(
-            xp, sample_weight, positions, f"{pred_name} {shape_str(shape)}", f"axis {axis}", dtype
+            xp,
+            sample_weight,
+            positions,
+            lambda: f"{pred_name} {shape_str(shape)} without its axis {axis}",
+            dtype,
         )
 
     problem = Classes(
@@ -368,26 +379,28 @@ def check_target(
     num_classes: int,
     ignore_index: int,
     eager: bool,
-    indices_of: str,
-    probabilities_of: str,
+    indices_of: Callable[[], str],
+    probabilities_of: Callable[[], str],
 ) -> tuple[Array, bool]:
     """Check a categorical target: class indices of shape ``positions`` (in the default
     integer dtype, checked against ``[0, num_classes)`` on eager arrays, see
     :func:`as_default_integer`), or, where ``probabilities_shape`` is given, class
     probabilities of that shape. Returns the target and whether it holds indices.
-    ``indices_of`` and ``probabilities_of`` say in the errors where the shapes come from."""
+    ``indices_of()`` and ``probabilities_of()`` say in the errors where the shapes come from
+    (functions, called on an error alone: torch.compile cannot trace the formatting of a
+    shape)."""
     if xp.isdtype(target.dtype, "integral"):
         if tuple(target.shape) != positions:
             raise ValueError(
                 f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
-                f"{indices_of}"
+                f"{indices_of()}"
             )
         return as_default_integer(xp, target, num_classes, ignore_index, eager), True
     if probabilities_shape is not None and xp.isdtype(target.dtype, "real floating"):
         if tuple(target.shape) != probabilities_shape:
             raise ValueError(
                 f"target of class probabilities has shape {shape_str(target.shape)}, expected "
-                f"{shape_str(probabilities_shape)}, {probabilities_of} (class indices would "
+                f"{shape_str(probabilities_shape)}, {probabilities_of()} (class indices would "
                 f"have shape {shape_str(positions)})"
             )
         return target, False

@@ -183,8 +183,14 @@ def prepare_classes(
     dtype = compute_dtype(xp, logits.dtype)
     target = as_default_integer(xp, target, total, ignore_index, eager)
     if weight is not None:
-        of = f"the {total} classes of logits along axis {axis}, over process_group"
-        weight = check_class_weights(xp, "weight", weight, total, of, dtype)
+        weight = check_class_weights(
+            xp,
+            "weight",
+            weight,
+            total,
+            lambda: f"the {total} classes of logits along axis {axis}, over process_group",
+            dtype,
+        )
     if eager:
         check_class_indices(xp, target, total, ignore_index)
     return ShardedClasses(
