@@ -7,6 +7,7 @@ gradient accumulation."""
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 from array_api_compat import is_torch_namespace
@@ -259,3 +260,103 @@ def test_a_bfloat16_model_s_loss_is_float32_as_the_stock_one():
     torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=0)
     ours.backward()
     assert patched.lm_head.weight.grad.dtype == torch.bfloat16
+
+
+def test_positional_labels_and_return_dict_false():
+    stock, patched = _pair("llama")
+    input_ids, labels = _batch()
+    expected = _loss_and_grads(stock, True, input_ids=input_ids, labels=labels)
+    names = list(inspect.signature(patched.forward).parameters)
+    by_position = [None] * (names.index("labels") + 1)
+    by_position[names.index("input_ids")] = input_ids
+    by_position[names.index("labels")] = labels
+    out = patched(*by_position)
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, expected[0].loss, rtol=1e-10, atol=0)
+    as_tuple = patched(input_ids=input_ids, labels=labels, return_dict=False)
+    stock_tuple = stock(input_ids=input_ids, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    assert len(as_tuple) == len(stock_tuple) - 1  # no logits
+    torch.testing.assert_close(as_tuple[0], expected[0].loss, rtol=1e-10, atol=0)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning",
+    "ignore:.*should not be instantiated:DeprecationWarning",
+)
+def test_a_compiled_patched_model():
+    """Dynamo breaks the graph at the capture (a hook registered in the call) and reads the
+    hidden states as an input of the next graph, where it warns of their .grad (and of an
+    autograd Function it instantiates itself)."""
+    stock, patched = _pair("qwen3")
+    input_ids, labels = _batch()
+    compiled = torch.compile(patched, backend="aot_eager")
+    for seed in (1, 2):  # a second call runs the compiled code
+        input_ids, labels = _batch(seed)
+        out = compiled(input_ids=input_ids, labels=labels)
+        assert out.logits is None
+        expected = _loss_and_grads(stock, True, input_ids=input_ids, labels=labels)
+        _assert_same(_loss_and_grads(compiled, input_ids=input_ids, labels=labels), expected)
+    assert not patched.lm_head._forward_pre_hooks  # the capture is gone after each call
+
+
+def test_the_head_s_other_hooks_and_other_callers_are_left_alone():
+    accelerate = pytest.importorskip("accelerate")
+
+    class Count(accelerate.hooks.ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Count.calls += 1
+            return args, kwargs
+
+    stock, patched = _pair("llama")
+    accelerate.hooks.add_hook_to_module(patched.lm_head, Count())
+    input_ids, labels = _batch()
+    expected = _loss_and_grads(stock, True, input_ids=input_ids, labels=labels)
+    _assert_same(_loss_and_grads(patched, input_ids=input_ids, labels=labels), expected)
+    assert Count.calls == 1
+    assert "forward" in vars(patched.lm_head)  # accelerate's wrapper is still there
+    hidden = torch.randn(2, 16, dtype=torch.float64)
+    torch.testing.assert_close(patched.lm_head(hidden), stock.lm_head(hidden))
+
+
+def test_a_replaced_head_or_a_custom_loss_takes_the_model_s_own_loss():
+    stock, patched = _pair("llama")
+    input_ids, labels = _batch()
+    expected = stock(input_ids=input_ids, labels=labels).loss
+
+    class Linear(torch.nn.Linear):
+        pass
+
+    head = Linear(16, V, bias=False, dtype=torch.float64)
+    head.weight = patched.lm_head.weight
+    patched.lm_head = head
+    with pytest.warns(RuntimeWarning, match="now a Linear, not a torch.nn.Linear"):
+        out = patched(input_ids=input_ids, labels=labels)
+    assert out.logits is not None
+    torch.testing.assert_close(out.loss, expected)
+
+    _, patched = _pair("llama")
+    patched.loss_function = lambda logits, labels, vocab_size, **kwargs: logits.sum() * 0
+    with pytest.warns(RuntimeWarning, match="loss_function of its own"):
+        assert patched(input_ids=input_ids, labels=labels).loss == 0
+
+
+def test_data_parallel_replicas_are_bound_to_themselves():
+    stock, patched = _pair("llama")
+    replica = patched._replicate_for_data_parallel()
+    assert replica.forward.__self__ is replica
+    assert replica._crossent_original_forward.__self__ is replica
+    # a replica's parameters are set by DataParallel; here it shares the model's modules
+    input_ids, labels = _batch()
+    expected = _loss_and_grads(stock, True, input_ids=input_ids, labels=labels)
+    _assert_same(_loss_and_grads(replica, input_ids=input_ids, labels=labels), expected)
+
+
+def test_a_text_config_that_scales_the_logits_is_refused():
+    model = _model("llama")
+    model.config.text_config = transformers.CohereConfig(**SMALL, **HEADS, logit_scale=0.5)
+    assert model.config.get_text_config() is model.config.text_config
+    with pytest.raises(ValueError, match="logit_scale"):
+        patch(model)

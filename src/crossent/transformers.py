@@ -7,7 +7,9 @@ See :func:`patch`.
 from __future__ import annotations
 
 import inspect
+import threading
 import types
+import warnings
 from typing import Any
 
 import torch
@@ -19,7 +21,7 @@ __all__ = ["patch", "unpatch"]
 
 #: Configuration attributes that change the logits after the output embeddings in a way
 #: crossent does not follow; a model that sets one is refused.
-UNSUPPORTED = ("logit_scale", "logits_scaling", "output_multiplier_scale")
+UNSUPPORTED = ("logit_scale", "logits_scaling", "output_multiplier_scale", "lm_head_multiplier")
 _PATCHED = "_crossent_original_forward"
 
 
@@ -34,15 +36,27 @@ def patch(model: Any, *, token_accuracy: bool = False) -> Any:
     A call of the patched model in training mode (``model.train()``) with ``labels`` (or
     ``shift_labels``) runs the model up to its last hidden states and computes the loss from
     them and the output embeddings' weight and bias, a chunk of rows at a time: the logits of
-    the batch are never made, and the output's ``logits`` is None. The loss is Hugging
-    Face's (``ForCausalLMLoss``), number for number: the labels shifted by one position
-    (``shift_labels`` as given), ``-100`` (or ``ignore_index``) ignored, the mean over the
-    kept tokens, or their sum divided by ``num_items_in_batch`` where the ``Trainer`` passes
-    it (gradient accumulation), ``logits_to_keep`` and the final logit soft-capping honoured.
+    the batch are never made, and the output's ``logits`` is None (with
+    ``return_dict=False``, the tuple has the loss first and no logits). The loss is Hugging
+    Face's (``ForCausalLMLoss``): the labels shifted by one position (``shift_labels`` as
+    given), ``-100`` (or ``ignore_index``) ignored, the mean over the kept tokens, or their
+    sum divided by ``num_items_in_batch`` where the ``Trainer`` passes it (gradient
+    accumulation), ``logits_to_keep`` and the final logit soft-capping honoured. It equals
+    the stock loss to the rounding of the model's dtype: Hugging Face computes it from
+    logits cast to float32, crossent in float32 from the hidden states, and a bfloat16 or
+    float16 model gets it rounded once to its dtype, then as float32.
 
     Everything else is the model's own forward, unchanged: evaluation mode, calls without
     labels, ``generate``, and calls with ``return_logits=True``, which make the logits and
-    Hugging Face's loss.
+    Hugging Face's loss. A call also takes the model's own loss, with a ``RuntimeWarning``,
+    where the output embeddings were replaced after the patch by a module that is not a
+    plain ``torch.nn.Linear`` (a LoRA adapter of ``lm_head``: patch the PEFT model instead),
+    or where the model was given a ``loss_function`` of its own.
+
+    The patch is per call and per thread (the hidden states are taken by a forward pre-hook
+    of the output embeddings that acts in a patched call alone), so the model can be used
+    from several threads, replicated by ``torch.nn.DataParallel``, deep-copied, and compiled
+    with ``torch.compile``.
 
     Parameters
     ----------
@@ -64,8 +78,9 @@ def patch(model: Any, *, token_accuracy: bool = False) -> Any:
     TypeError
         If the model has no ``torch.nn.Linear`` output embeddings.
     ValueError
-        If its configuration scales its logits in a way the loss does not follow
-        (``logit_scale``, ``logits_scaling``).
+        If its configuration (or that of its text model) scales its logits in a way the
+        loss does not follow (``logit_scale``, ``logits_scaling``,
+        ``output_multiplier_scale``, ``lm_head_multiplier``).
 
     Examples
     --------
@@ -82,13 +97,17 @@ def patch(model: Any, *, token_accuracy: bool = False) -> Any:
     """
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = target.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear):
+    if type(head) is not torch.nn.Linear:
         raise TypeError(
             "model must have torch.nn.Linear output embeddings (get_output_embeddings()), "
             f"got {type(head).__name__}"
         )
-    config = target.config
-    scaled = [a for a in UNSUPPORTED if getattr(config, a, None) not in (None, 1, 1.0)]
+    configs = (target.config, _text_config(target.config))
+    scaled = [
+        a
+        for a in UNSUPPORTED
+        if any(getattr(config, a, None) not in (None, 1, 1.0) for config in configs)
+    ]
     if scaled:
         raise ValueError(
             f"model's configuration sets {', '.join(scaled)}, which scales its logits in a way "
@@ -96,13 +115,32 @@ def patch(model: Any, *, token_accuracy: bool = False) -> Any:
         )
     if hasattr(target, _PATCHED):
         unpatch(target)
-    original = target.forward
-    setattr(target, _PATCHED, original)
     target._crossent_token_accuracy = token_accuracy
-    # bound to the model, so that a deep copy of it calls the copy; with the model's own
-    # signature, which the Trainer reads (the columns it keeps, num_items_in_batch)
-    target.forward = types.MethodType(_signed_forward(original), target)
+    _bind(target, target.forward)
     return model
+
+
+def _bind(target: Any, original: Any) -> None:
+    """``target``'s forward the patched one, around ``original``: bound to the model, so that
+    a deep copy of it calls the copy, and with the model's own signature, which the Trainer
+    reads (the columns it keeps, num_items_in_batch). torch.nn.DataParallel's replicas are
+    bound anew (they copy the model's ``__dict__``, and with it the bound methods)."""
+    setattr(target, _PATCHED, original)
+    target.forward = types.MethodType(_signed_forward(original), target)
+    target._replicate_for_data_parallel = types.MethodType(_replicate, target)
+
+
+def _replicate(self: Any) -> Any:
+    replica = type(self)._replicate_for_data_parallel(self)
+    original = self.__dict__[_PATCHED]
+    if getattr(original, "__self__", None) is not self:
+        raise TypeError(
+            "crossent.transformers: torch.nn.DataParallel cannot replicate a patched model "
+            "whose forward was wrapped before patch(); patch the model before wrapping it, or "
+            "use DistributedDataParallel"
+        )
+    _bind(replica, original.__func__.__get__(replica))
+    return replica
 
 
 def _signed_forward(original: Any) -> Any:
@@ -148,37 +186,76 @@ def unpatch(model: Any) -> Any:
         if getattr(original, "__self__", None) is not target:
             target.forward = original
         del target._crossent_token_accuracy
+        del target._replicate_for_data_parallel
     return model
+
+
+_LOCAL = threading.local()  # per thread: the heads whose next input a patched call captures
+
+
+def _capture_input(head: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """A forward pre-hook of the output embeddings: in a patched training call on this thread,
+    keep the hidden states and hand the head no rows (its logits are empty, and whatever
+    follows in the model's forward sees them so); otherwise leave the call alone."""
+    slot = getattr(_LOCAL, "slots", {}).pop(id(head), None)
+    if slot is None:
+        return None
+    (hidden,) = args
+    slot.append(hidden)
+    return (hidden[..., :0, :],)
 
 
 def _forward(self: Any, *args: Any, **kwargs: Any) -> Any:
     original = getattr(self, _PATCHED)
+    if args:  # labels and the rest by name, as they were given by position
+        bound = inspect.signature(original).bind(*args, **kwargs)
+        args, kwargs = (), {}
+        for name, value in bound.arguments.items():
+            kind = bound.signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                args = tuple(value)
+            else:
+                kwargs[name] = value
     labels = kwargs.get("labels")
     shift_labels = kwargs.get("shift_labels")
     return_logits = kwargs.pop("return_logits", False)
     if not self.training or return_logits or (labels is None and shift_labels is None):
         return original(*args, **kwargs)
-
     head = self.get_output_embeddings()
+    reason = _stock_reason(self, head)
+    if reason is not None:
+        warnings.warn(
+            f"crossent.transformers: {reason}; this call computes the model's own logits and loss",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return original(*args, **kwargs)
+
     captured: list[torch.Tensor] = []
-
-    def capture(hidden: torch.Tensor) -> torch.Tensor:
-        captured.append(hidden)
-        return hidden.new_empty((*hidden.shape[:-1], 0))  # what follows sees no logits
-
+    slots = _LOCAL.__dict__.setdefault("slots", {})
+    slots[id(head)] = captured
+    handle = head.register_forward_pre_hook(_capture_input)
     kwargs["labels"] = None
     kwargs.pop("shift_labels", None)
-    head.forward = capture
     try:
         out = original(*args, **kwargs)
     finally:
-        del head.forward
+        handle.remove()
+        slots.pop(id(head), None)
+    if len(captured) != 1:
+        raise RuntimeError(
+            "crossent.transformers: the model's forward called its output embeddings "
+            f"{len(captured)} times, expected once; unpatch the model (crossent.transformers."
+            "unpatch) to train it with its own loss"
+        )
     (hidden,) = captured
     ignore_index = kwargs.get("ignore_index", -100)
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    target = shift_labels.reshape(-1).to(hidden.device)
-    rows = hidden.reshape(-1, hidden.shape[-1])
+    target = shift_labels.reshape(-1).to(head.weight.device)
+    rows = hidden.reshape(-1, hidden.shape[-1]).to(head.weight.device)
     num_items = kwargs.get("num_items_in_batch")
     loss = linear_cross_entropy(
         rows,
@@ -187,7 +264,7 @@ def _forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         head.bias,
         ignore_index=ignore_index,
         reduction="mean" if num_items is None else "sum",
-        softcap=getattr(self.config, "final_logit_softcapping", None),
+        softcap=getattr(_text_config(self.config), "final_logit_softcapping", None),
     )
     if loss.dtype in (torch.float16, torch.bfloat16):
         # transformers' loss is float32; crossent's, computed in float32, comes back rounded
@@ -197,11 +274,33 @@ def _forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         if torch.is_tensor(num_items):
             num_items = num_items.to(loss.device)
         loss = loss / num_items
+    accuracy = None
+    if self._crossent_token_accuracy:
+        accuracy = _token_accuracy(rows, head, target, ignore_index)
+    if isinstance(out, tuple):
+        # return_dict=False: the loss first, as the stock tuple has it, and no logits (a
+        # ModelOutput's tuple leaves out the fields that are None)
+        return (loss, *out[1:], *(() if accuracy is None else (accuracy,)))
     # a new output: its logits field None, as a model output's fields are without a value
     out = type(out)(**{**{k: v for k, v in out.items() if k != "logits"}, "loss": loss})
-    if self._crossent_token_accuracy:
-        out["token_accuracy"] = _token_accuracy(rows, head, target, ignore_index)
+    if accuracy is not None:
+        out["token_accuracy"] = accuracy
     return out
+
+
+def _stock_reason(model: Any, head: Any) -> str | None:
+    """Why a call of a patched model must take the model's own loss, or None."""
+    if type(head) is not torch.nn.Linear:  # a subclass (LoRA, quantized) may not be x @ W.T + b
+        return f"its output embeddings are now a {type(head).__name__}, not a torch.nn.Linear"
+    if "_loss_function" in vars(model):
+        return "the model has a loss_function of its own"
+    return None
+
+
+def _text_config(config: Any) -> Any:
+    """The configuration of the language model (that of a composite model's text part)."""
+    get = getattr(config, "get_text_config", None)
+    return config if get is None else get()
 
 
 def _token_accuracy(
