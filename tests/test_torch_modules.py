@@ -211,7 +211,8 @@ def test_weights_are_buffers_and_state_dict_round_trips(device):
     fresh.load_state_dict(torch.load(buffer))
     torch.testing.assert_close(fresh.weight, weight)
     inputs = _inputs("cross_entropy", device)
-    fresh.options["label_smoothing"] = 0.1
+    assert (module.label_smoothing, fresh.label_smoothing) == (0.1, 0.0)
+    fresh.label_smoothing = 0.1  # an attribute, read by each call, as torch.nn's
     _assert_same(_value_and_grads(fresh, inputs), _value_and_grads(module, inputs))
     # .to() moves and casts the buffers, as torch.nn's
     assert module.to(torch.float32).weight.dtype == torch.float32

@@ -126,7 +126,7 @@ def _module_class(name: str) -> type:
         elif tuple(y_true.shape) != tuple(y_pred.shape) and _size(y_true) == _size(y_pred):
             target = xp.reshape(y_true, tuple(y_pred.shape))  # (N,) labels of (N, 1)
         options = {
-            k: xp.asarray(v, dtype=y_pred.dtype) if _is_list(v) else v
+            k: xp.asarray(v, dtype=y_pred.dtype, device=device(y_pred)) if _is_list(v) else v
             for k, v in self.options.items()
         }
         losses = function(y_pred, target, **options, reduction="none")

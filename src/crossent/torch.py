@@ -12,8 +12,10 @@ other losses are named the same way (``SoftmaxFocalLoss``, ``Poly1CrossEntropyLo
   has one, ``sample_weight``, which belongs to a batch.
 - The other array options (``weight``, ``pos_weight``, ``class_weight``) are buffers, as in
   ``torch.nn``: they move with ``.to()`` and ``state_dict`` holds them.
-- ``reduction`` is an attribute, as in ``torch.nn``; torch's deprecated ``size_average`` and
-  ``reduce`` are read as torch reads them.
+- ``reduction`` and the other settings (``ignore_index``, ``label_smoothing``, ``z_loss``,
+  ...) are attributes, as in ``torch.nn``, read by each call (``loss.label_smoothing = 0.0``
+  changes the next one); torch's deprecated ``size_average`` and ``reduce`` are read as torch
+  reads them.
 
 >>> import torch
 >>> from crossent.torch import CrossEntropyLoss
@@ -93,20 +95,19 @@ def _module_class(name: str, declared: _dispatch.Loss) -> type[_Loss]:
         )
         for buffer in buffers:
             self.register_buffer(buffer, given.pop(buffer))
-        self.options = given  # the other settings, by name
+        for setting, value in given.items():  # the other settings, attributes as torch.nn's
+            setattr(self, setting, value)
 
     def forward(self: _Loss, *args: Any, **kwargs: Any) -> torch.Tensor:
-        arrays = {buffer: getattr(self, buffer) for buffer in buffers}
-        out: torch.Tensor = function(
-            *args, **kwargs, **arrays, **self.options, reduction=self.reduction
-        )
+        options = {n: getattr(self, n) for n in buffers + settings}
+        out: torch.Tensor = function(*args, **kwargs, **options, reduction=self.reduction)
         return out
 
     def extra_repr(self: _Loss) -> str:
         changed = [
-            f"{n}={self.options[n]!r}"
+            f"{n}={getattr(self, n)!r}"
             for n in settings
-            if self.options[n] != parameters[n].default
+            if getattr(self, n) != parameters[n].default
         ]
         if self.reduction != "mean":
             changed.append(f"reduction={self.reduction!r}")
