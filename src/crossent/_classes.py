@@ -3,7 +3,10 @@ name for each loss, in every framework. Imports no framework."""
 
 from __future__ import annotations
 
-__all__ = ["TORCH_NAMES", "class_name"]
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["TORCH_NAMES", "class_name", "define_classes"]
 
 #: The losses torch.nn has: its class name and the arguments of its ``__init__``, in order.
 TORCH_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -32,3 +35,16 @@ def class_name(name: str) -> str:
         return TORCH_NAMES[name][0]
     words = name.removesuffix("_loss").split("_")
     return "".join(word[:1].upper() + word[1:] for word in words) + "Loss"
+
+
+def define_classes(
+    namespace: dict[str, Any], names: Iterable[str], make: Callable[[str], type]
+) -> None:
+    """Put the class ``make(name)`` of each loss in ``names`` in a front door's module
+    ``namespace`` (its ``globals()``), under the class's name, and in its ``__all__``, sorted."""
+    exported = namespace["__all__"]
+    for name in names:
+        cls = make(name)
+        namespace[cls.__name__] = cls
+        exported.append(cls.__name__)
+    exported.sort()

@@ -40,7 +40,7 @@ import keras
 from array_api_compat import array_namespace, device, is_array_api_obj
 from keras.src import backend as _keras_backend  # set_keras_mask, as Keras' own losses
 
-from ._classes import class_name
+from ._classes import class_name, define_classes
 from ._dispatch import LOSSES
 from ._generic._arrays import is_eager
 from ._validation import shape_str
@@ -191,17 +191,7 @@ def _listed(value: object) -> object:
     return value
 
 
-def _define_all() -> None:
-    for name in LOSSES:
-        if name in LEFT_OUT:
-            continue
-        cls = _module_class(name)
-        globals()[cls.__name__] = cls
-        __all__.append(cls.__name__)
-    __all__.sort()
-
-
-_define_all()
+define_classes(globals(), [name for name in LOSSES if name not in LEFT_OUT], _module_class)
 
 
 def __getattr__(name: str) -> Any:  # for mypy: the classes are made at import

@@ -37,7 +37,7 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from . import _dispatch
-from ._classes import TORCH_NAMES, class_name
+from ._classes import TORCH_NAMES, class_name, define_classes
 from ._dispatch import LOSSES
 
 __all__: list[str] = []  # filled below, a class for each declared loss
@@ -154,15 +154,7 @@ def _listed(names: tuple[str, ...]) -> str:
     return ", ".join(f"``{n}``" for n in names) if names else "none"
 
 
-def _define_all() -> None:
-    for name, declared in LOSSES.items():
-        cls = _module_class(name, declared)
-        globals()[cls.__name__] = cls
-        __all__.append(cls.__name__)
-    __all__.sort()
-
-
-_define_all()
+define_classes(globals(), LOSSES, lambda name: _module_class(name, LOSSES[name]))
 
 
 def __getattr__(name: str) -> Any:  # for mypy: the classes are made at import
