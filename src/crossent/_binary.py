@@ -144,12 +144,7 @@ def binary_cross_entropy_with_logits(
 
     %(returns_loss)s
 
-    Raises
-    ------
-    TypeError
-        If an argument is not an array of ``logits``' library, or has the wrong dtype.
-    ValueError
-        If shapes do not fit, ``reduction`` is unknown, or the arrays are on two devices.
+    %(raises_arrays)s
 
     Notes
     -----

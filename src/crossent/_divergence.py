@@ -49,12 +49,7 @@ def kl_div(
 
     %(returns_loss)s
 
-    Raises
-    ------
-    TypeError
-        If an argument is not an array of ``log_probs``' library, or has the wrong dtype.
-    ValueError
-        If shapes do not fit, ``reduction`` is unknown, or the arrays are on two devices.
+    %(raises_arrays)s
 
     Notes
     -----

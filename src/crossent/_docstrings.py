@@ -42,6 +42,13 @@ Returns
 -------
 array
     Of the library, device and dtype of ``%(first)s``; 0-d unless ``reduction="none"``.""",
+    "raises_arrays": """\
+Raises
+------
+TypeError
+    If an argument is not an array of ``%(first)s``' library, or has the wrong dtype.
+ValueError
+    If shapes do not fit, ``reduction`` is unknown, or the arrays are on two devices.""",
     "parameters_softmax": """\
 Parameters
 ----------

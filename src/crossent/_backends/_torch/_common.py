@@ -6,6 +6,7 @@ sizes of the eager half-precision kernels."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..._generic._arrays import torch_transformed
 
@@ -60,3 +61,23 @@ ACCELERATOR_BLOCK_ELEMENTS = 2**26
 
 def _block_elements(x: torch.Tensor) -> int:
     return BLOCK_ELEMENTS if x.device.type == "cpu" else ACCELERATOR_BLOCK_ELEMENTS
+
+
+def _torch_cross_entropy(
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    options: tuple[int, float, str],
+    *,
+    log_probs: bool,
+) -> torch.Tensor:
+    """torch's cross-entropy of ``inputs`` (class axis 1) with ``options`` ``(ignore_index,
+    label_smoothing, reduction)``. Of log-probabilities (``log_probs``) against class indices
+    with no smoothing it is ``nll_loss``, the same loss (their log normaliser is 0) without
+    a second log-softmax."""
+    ignore_index, smoothing, reduction = options
+    if log_probs and smoothing == 0.0 and not torch.is_floating_point(target):
+        return F.nll_loss(inputs, target, weight, None, ignore_index, None, reduction)
+    return F.cross_entropy(
+        inputs, target, weight, None, ignore_index, None, reduction, label_smoothing=smoothing
+    )

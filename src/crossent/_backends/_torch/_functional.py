@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..._generic import _categorical
 from ..._generic._problems import Classes, Pointwise, Unreduced
 from ..._typing import Array, Namespace
-from ._common import _FLOATS, _class_first
+from ._common import _FLOATS, _class_first, _torch_cross_entropy
 from ._half import _blocked_half_cross_entropy
 
 __all__ = [
@@ -94,31 +94,16 @@ def cross_entropy(problem: Classes, smoothing: float) -> Array:
         return _composed_cross_entropy(problem, smoothing)
     target = problem.target if problem.index_target else _class_first(problem.target)
     logits = _class_first(problem.predictions)
-    if logits.dtype not in _FLOATS:
+    half = logits.dtype not in _FLOATS
+    if half:
         blocked = _blocked_half_cross_entropy(problem, smoothing)
         if blocked is not None:
             return blocked
         # float16 and bfloat16: torch's log_softmax reads them and computes and writes float32
-        # in one pass, where converting first would take two. cross_entropy of log-probabilities
-        # is the same loss (their log normaliser is 0).
+        # in one pass, where converting first would take two
         logits = torch.log_softmax(logits, dim=1 if logits.ndim > 1 else 0, dtype=torch.float32)
-        if problem.index_target and smoothing == 0.0:
-            out = F.nll_loss(
-                logits,
-                target,
-                weight=problem.weight,
-                ignore_index=problem.ignore_index,
-                reduction=problem.reduction,
-            )
-            return problem.finish(out)
-    out = F.cross_entropy(
-        logits,
-        target,
-        weight=problem.weight,
-        ignore_index=problem.ignore_index,
-        reduction=problem.reduction,
-        label_smoothing=smoothing,
-    )
+    options = (problem.ignore_index, smoothing, problem.reduction)
+    out = _torch_cross_entropy(logits, target, problem.weight, options, log_probs=half)
     return problem.finish(out)
 
 

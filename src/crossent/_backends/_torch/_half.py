@@ -12,27 +12,9 @@ import torch.nn.functional as F
 
 from ..._generic._problems import Classes, Unreduced
 from ..._typing import Array
-from ._common import _block_elements, _transformed
+from ._common import _block_elements, _torch_cross_entropy, _transformed
 
 __all__: list[str] = []
-
-
-def _half_block_losses(
-    rows: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    smoothing: float,
-) -> torch.Tensor:
-    """torch's cross-entropy of each row of a block of half-precision logits, in float32: the
-    block is converted (by log_softmax, in one pass) while it is in the cache."""
-    log_probs = torch.log_softmax(rows, dim=1, dtype=torch.float32)
-    if smoothing == 0.0:
-        return F.nll_loss(log_probs, target, weight, None, ignore_index, None, "none")
-    # cross_entropy of log-probabilities is the same loss (their log normaliser is 0)
-    return F.cross_entropy(
-        log_probs, target, weight, None, ignore_index, None, "none", label_smoothing=smoothing
-    )
 
 
 class _BlockedHalfCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
@@ -55,8 +37,13 @@ class _BlockedHalfCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
         step = max(1, _block_elements(rows) // rows.shape[1])
         with torch.no_grad():
             losses = [
-                _half_block_losses(
-                    rows[i : i + step], target[i : i + step], weight, ignore_index, smoothing
+                _torch_cross_entropy(
+                    # converted to float32 in one pass while the block is in the cache
+                    torch.log_softmax(rows[i : i + step], dim=1, dtype=torch.float32),
+                    target[i : i + step],
+                    weight,
+                    (ignore_index, smoothing, "none"),
+                    log_probs=True,
                 )
                 for i in range(0, rows.shape[0], step)
             ]
