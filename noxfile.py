@@ -9,6 +9,7 @@ the tests marked slow, in sessions of their own; CI runs it after ``nox``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,14 @@ def _missing_device(kind: str) -> str | None:
     return f"nox knows no device kind {kind!r}"
 
 
+def _parallel(device: str) -> list[str]:
+    """pytest-xdist's workers for a session: one a core (at most 4) on a CPU device, where the
+    tests are single-threaded (compiling, dispatching) and each worker its own process; none on
+    an accelerator, which every worker would share (and JAX preallocate)."""
+    workers = min(os.cpu_count() or 1, 4)
+    return ["-n", str(workers)] if device == "cpu" and workers > 1 else []
+
+
 def _prepare(session: nox.Session, backend: str, device: str) -> dict[str, str]:
     """Skip where the device is missing, else install the backend's requirements; the
     environment its tests read."""
@@ -78,7 +87,7 @@ def tests(session: nox.Session, backend: str, device: str) -> None:
         args += ["--ignore=src/crossent/_backends/_dask.py"]
         # Keras, transformers: the docs build runs their examples
         args += ["--ignore=src/crossent/keras.py", "--ignore=src/crossent/transformers.py"]
-    session.run("python", "-m", "pytest", *args, env=env)
+    session.run("python", "-m", "pytest", *_parallel(device), *args, env=env)
 
 
 SLOW = [s for s in MATRIX if s.slow_tests]
@@ -94,7 +103,8 @@ def slow(session: nox.Session, backend: str, device: str) -> None:
     """The tests marked slow (whole option grids, compilers) of one backend and device: those
     whose file says ``slow_tests = true``. CI runs them all (``nox -s slow``)."""
     env = _prepare(session, backend, device)
-    session.run("python", "-m", "pytest", "-m", "slow", *session.posargs, env=env)
+    args = [*_parallel(device), "-m", "slow", *session.posargs]
+    session.run("python", "-m", "pytest", *args, env=env)
 
 
 @nox.session
