@@ -179,3 +179,36 @@ def test_every_autograd_route_rounds_once(case, dtype, xp, to_xp):
         error = np.abs(to_numpy(grad).astype(np.float64) - exact)
         worst = float(np.max(error / allowed, initial=0.0))
         assert worst <= 1.0, f"{route}: {worst:.3g} times the rounding allowed"
+
+
+# --- nll_loss's ignored positions, in half precision ------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(
+    ("ignore_index", "ignored"),
+    [(-100, "none"), (0, "none"), (0, "some"), (-100, "all"), (3, "all"), (-100, "empty")],
+)
+def test_half_nll_loss_ignored_positions(ignore_index, ignored, reduction, dtype, xp, to_xp):
+    """Whatever the positions ignored (none, some, all, or no position at all) and whatever
+    ``ignore_index`` is (torch's direct route tells a negative one apart by the smallest index),
+    the half-precision nll_loss is the float32 one rounded once: NaN for a mean of nothing."""
+    rng = np.random.default_rng(5)
+    rows = 0 if ignored == "empty" else 64
+    log_probs = rng.standard_normal((rows, 7)) - 3.0
+    target = rng.integers(1, 7, rows)
+    if ignored == "some":
+        target[::4] = ignore_index
+    elif ignored == "all":
+        target[:] = ignore_index
+    half = to_xp(log_probs, dtype)
+    single = to_xp(to_numpy(half).astype(np.float32), "float32")
+    options = {"ignore_index": ignore_index, "reduction": reduction}
+    loss = crossent.nll_loss(half, to_xp(target), **options)
+    expected = to_numpy(crossent.nll_loss(single, to_xp(target), **options))
+    assert loss.dtype == half.dtype
+    got = to_numpy(loss).astype(np.float64)
+    np.testing.assert_array_equal(got, to_numpy(to_xp(expected, dtype)).astype(np.float64))
+    if reduction == "mean" and ignored in ("all", "empty"):
+        assert np.isnan(got)
