@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..._generic import _binary, _categorical
 from ..._typing import Array
 from ..._validation import broadcasts_to
-from ._functional import _half_nll_rows, _nll_class_last
+from ._functional import _nll_class_last, _reduce_half_nll
 from ._half import _blocked_half_bce_with_logits
 
 __all__ = [
@@ -144,12 +144,12 @@ def direct_nll_loss(
         and reduction in _REDUCTIONS
         and log_probs.shape[1] > 0
     ):
-        if target.shape != log_probs.shape[:1]:
-            return None
-        try:  # half precision: summed in float32 and rounded once (as the kernel nll_loss)
-            return _half_nll_rows(log_probs, target, ignore_index, reduction)
+        # half precision: torch's exact gather, summed in float32 (as the kernel nll_loss)
+        try:
+            negated = F.nll_loss(log_probs, target, None, None, ignore_index, None, "none")
         except _TORCH_ERRORS:
             return None
+        return _reduce_half_nll(negated, target, ignore_index, reduction)
     if (
         type(target) is not torch.Tensor
         or (weight is not None and type(weight) is not torch.Tensor)

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ..._generic import _categorical
-from ..._generic._arrays import torch_compiling
 from ..._generic._problems import Classes, Pointwise, Unreduced
 from ..._typing import Array, Namespace
-from ._common import _FLOATS, _class_first, _torch_cross_entropy, _transformed
+from ._common import _FLOATS, _class_first, _torch_cross_entropy
 from ._half import _blocked_half_cross_entropy
 
 __all__ = [
@@ -159,29 +158,6 @@ def _reduce_half_nll(
     if reduction == "mean":  # no kept position: 0 / 0 = NaN, as torch's
         total = total / torch.sum(target != ignore_index, dtype=torch.float32)
     return total.to(negated.dtype)
-
-
-def _half_nll_rows(
-    log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str
-) -> torch.Tensor:
-    """The unweighted nll_loss of half-precision rows ``(N, C)`` and indices ``(N,)``: the
-    picks gathered exactly, summed in float32 and rounded once (torch's half kernel rounds the
-    sum, then the mean). On eager tensors with no position ignored (the common case), one gather
-    and one sum; otherwise the ignored positions' picks are replaced by 0, without a branch."""
-    if reduction == "none":
-        return F.nll_loss(log_probs, target, None, None, ignore_index, None, "none")
-    if not (torch_compiling() or _transformed(log_probs, target)) and bool(
-        target.min() >= 0 if ignore_index < 0 else (target != ignore_index).all()
-    ):  # (an empty target raises here, and takes the full path)
-        picks = torch.gather(log_probs, 1, target.unsqueeze(1))  # raises for a bad index
-        reduce = torch.mean if reduction == "mean" else torch.sum
-        return (-reduce(picks, dtype=torch.float32)).to(log_probs.dtype)
-    kept = target != ignore_index
-    picks = torch.gather(log_probs, 1, torch.where(kept, target, 0).unsqueeze(1))
-    negated = 0.0 - torch.sum(torch.where(kept[:, None], picks, 0.0), dtype=torch.float32)
-    if reduction == "mean":  # no kept position: 0 / 0 = NaN, as torch's
-        negated = negated / torch.sum(kept, dtype=torch.float32)
-    return negated.to(log_probs.dtype)
 
 
 def _nll_class_last(
