@@ -448,11 +448,14 @@ def test_argnums(xp, to_xp, assert_close):
 def test_default_chunk_size():
     from crossent._generic._linear import default_chunk_size
 
-    # 1/64 of the dense logits, within 4 and 32 MiB
-    assert default_chunk_size(np, 4096, 32000, np.float32) == 64
-    assert default_chunk_size(np, 2048, 128000, np.float32) == 32
-    assert default_chunk_size(np, 16384, 256000, np.float32) == 32  # 32 MiB
+    # 1/64 of the dense logits, within 4 and 32 MiB, then 128 rows where they fit in 64 MiB
+    assert default_chunk_size(np, 65536, 32000, np.float32) == 262  # 32 MiB
+    assert default_chunk_size(np, 4096, 32000, np.float32) == 128  # not 64 (8 MiB)
+    assert default_chunk_size(np, 2048, 128000, np.float32) == 128  # 64 MiB, not 32 rows
+    assert default_chunk_size(np, 16384, 256000, np.float32) == 65  # 64 MiB, not 32 rows
+    assert default_chunk_size(np, 100, 32000, np.float32) == 100  # every position
     assert default_chunk_size(np, 10, 1000, np.float32) == 1048  # 4 MiB: one chunk
+    assert default_chunk_size(np, 1000, 10**7, np.float32) == 1  # 128 rows would not fit
     assert default_chunk_size(np, 1, 10**7, np.float64) == 1  # one row at least
     # a GPU: 1/8 of the dense logits, within 64 MiB and 1 GiB
     on_gpu = functools.partial(default_chunk_size, accelerator=True)

@@ -64,7 +64,7 @@ def linear_cross_entropy(
     ``N x V`` logits are never held at once: the positions go through in chunks of
     ``chunk_size`` rows, whose logits, losses and gradients are made and dropped in turn. For
     16,384 tokens and a vocabulary of 256k, the logits alone would take 16 GiB in float32; a
-    chunk at most 32 MiB. Each logit is computed once, as in the dense computation (with
+    chunk 64 MiB. Each logit is computed once, as in the dense computation (with
     ``reduction="none"`` under autodiff, whose upstream gradient differs per position, the
     backward pass makes each chunk's logits again).
 
@@ -104,9 +104,11 @@ def linear_cross_entropy(
         the loss is weighted by it, and ``"mean"`` divides by the weighted total.
     chunk_size : int, optional
         Positions whose logits are made at a time. By default the chunk's logits, in the
-        compute dtype, take 1/64 of the bytes of the dense logits, within 4 and 32 MiB (at least
-        one position): 64 positions of 4096 for ``V = 32000`` in float32, 32 of 2048 for
-        ``V = 128000``. On a GPU (torch, JAX, CuPy), 1/8 within 64 MiB and 1 GiB: 1024 of
+        compute dtype, take 1/64 of the bytes of the dense logits, within 4 and 32 MiB, and then
+        at least 128 positions (or all of them) where those fit in 64 MiB, else at least one:
+        128 positions for ``V = 32000`` or ``V = 128000`` in float32, 65 for ``V = 256000``
+        (the weight's gradient is summed over the chunks, and chunks of a few dozen rows make
+        that sum slow). On a GPU (torch, JAX, CuPy), 1/8 within 64 MiB and 1 GiB: 1024 of
         8192 positions for ``V = 128256``. The largest temporary is one array of
         ``chunk_size x V`` on NumPy and torch, two under ``jax.jit``; the standard-only path
         (CuPy, Dask, array-api-strict) makes a few, and one of the weight's size while it sums
