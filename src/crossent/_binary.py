@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 from ._dispatch import loss
 from ._generic import _binary as generic
@@ -67,14 +68,7 @@ def binary_cross_entropy(
 
     %(returns_loss)s
 
-    Raises
-    ------
-    TypeError
-        If an argument is not an array of ``probs``' library, or has the wrong dtype.
-    ValueError
-        If shapes do not fit, an option is out of its set, the arrays are on two devices, or
-        (eager arrays only) a probability or a target lies outside [0, 1]; on lazy arrays such
-        an element gives NaN. A NaN probability or target gives NaN.
+    %(raises_probabilities)s
 
     Notes
     -----
@@ -102,7 +96,7 @@ def binary_cross_entropy(
     return problem, (clip,)
 
 
-@loss("binary", generic)
+@loss("binary", generic, problem=partial(prepare_pointwise, label_target=True))
 def binary_cross_entropy_with_logits(
     logits: Array,
     target: Array,
@@ -110,7 +104,7 @@ def binary_cross_entropy_with_logits(
     weight: Array | None = None,
     pos_weight: Array | None = None,
     reduction: str = "mean",
-) -> tuple[Pointwise, tuple[()]]:
+) -> tuple[()]:
     r"""Binary cross-entropy of the sigmoid of logits, computed stably from the logits.
 
     With positive-class weight :math:`q` (``pos_weight``, 1 by default),
@@ -161,16 +155,7 @@ def binary_cross_entropy_with_logits(
     >>> binary_cross_entropy_with_logits(logits, target, reduction="none")
     array([4.85873516e-02, 3.13261688e-01, 1.00000000e+04])
     """
-    problem = prepare_pointwise(
-        "logits",
-        logits,
-        target,
-        reduction=reduction,
-        weight=weight,
-        pos_weight=pos_weight,
-        label_target=True,
-    )
-    return problem, ()
+    return ()
 
 
 @loss("binary", generic)
@@ -210,11 +195,11 @@ def sigmoid_focal_loss(
         Real floating, any shape.
     target : array
         Targets in [0, 1], shape of ``logits``: floating, or integer or bool labels.
-    alpha : float or None, default 0.25
+    alpha : float, finite, or None, default 0.25
         Weight of the positive term, ``1 - alpha`` that of the negative one; None or a negative
         number weighs both by 1 (torchvision's ``alpha=-1``).
-    gamma : float, default 2.0
-        The focusing exponent, >= 0; ``gamma=0`` with ``alpha=None`` is the binary
+    gamma : float >= 0, finite, default 2.0
+        The focusing exponent; ``gamma=0`` with ``alpha=None`` is the binary
         cross-entropy with logits.
     reduction : {"mean", "sum", "none"}, default "mean"
         ``"mean"`` averages over every element, weighted by ``sample_weight`` where given: the
@@ -225,14 +210,7 @@ def sigmoid_focal_loss(
 
     %(returns_loss)s
 
-    Raises
-    ------
-    TypeError
-        If an argument is not an array of ``logits``' library or has the wrong dtype, or
-        ``alpha`` or ``gamma`` is not a Python number.
-    ValueError
-        If shapes do not fit, ``reduction`` is unknown, the arrays are on two devices,
-        ``gamma`` is negative or ``alpha`` or ``gamma`` is not finite.
+    %(raises_options)s
 
     Notes
     -----

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ._dispatch import loss
 from ._generic import _categorical as generic
 from ._generic import _sharded
@@ -54,24 +56,8 @@ def cross_entropy(
     1 with class probabilities), PaLM's auxiliary loss that keeps the log normaliser near 0
     [3]_; ``sample_weight`` weighs each position.
 
-    Parameters
-    ----------
-    logits : array
-        Unnormalised log-probabilities, real floating.
-    target : array
-        Class indices (integer dtype), shape of ``logits`` without the class axis; or class
-        probabilities (floating dtype), shape of ``logits``.
-    axis : int, default -1
-        The class axis of ``logits``; ``axis=1`` is torch's ``(N, C, d1, ..., dK)`` layout.
-    weight : array, optional
-        One non-negative weight per class, shape ``(C,)``.
-    ignore_index : int, default -100
-        A class index whose positions contribute nothing, to the loss or to the ``"mean"``
-        denominator. Not used with class probabilities.
-    reduction : {"mean", "sum", "none"}, default "mean"
-        ``"none"`` gives one loss per position; ``"sum"`` their sum; ``"mean"`` their sum
-        divided by the total weight of the kept positions (by the number of positions for class
-        probabilities). Every position ignored gives NaN, as torch does.
+    %(parameters_logits_classes)s
+    %(options_classes)s
     label_smoothing : float in [0, 1], default 0.0
         Mass moved from the target to the uniform distribution over classes.
     softcap : float > 0, optional
@@ -166,7 +152,7 @@ def cross_entropy(
     return problem, (check_unit_interval("label_smoothing", label_smoothing),)
 
 
-@loss("categorical", generic)
+@loss("categorical", generic, problem=partial(prepare_classes, probability_target=False))
 def nll_loss(
     log_probs: Array,
     target: Array,
@@ -176,7 +162,7 @@ def nll_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     sample_weight: Array | None = None,
-) -> tuple[Classes, tuple[()]]:
+) -> tuple[()]:
     r"""Negative log-likelihood of class indices under given log-probabilities.
 
     .. math::
@@ -223,18 +209,7 @@ def nll_loss(
     >>> nll_loss(log_probs, np.array([0, 2]), reduction="none")
     array([0.69314718, 0.22314355])
     """
-    problem = prepare_classes(
-        "log_probs",
-        log_probs,
-        target,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        probability_target=False,
-        sample_weight=sample_weight,
-    )
-    return problem, ()
+    return ()
 
 
 @loss("categorical", generic)
@@ -285,14 +260,7 @@ def cross_entropy_from_probs(
 
     %(returns_loss)s
 
-    Raises
-    ------
-    TypeError
-        If an argument is not an array of ``probs``' library, or has the wrong dtype.
-    ValueError
-        If shapes do not fit, an option is out of its set, the arrays are on two devices, or
-        (eager arrays only) a probability lies outside [0, 1] or a class index outside
-        ``[0, C)``; on lazy arrays such a position gives NaN.
+    %(raises_probabilities_classes)s
 
     %(notes_shape_classes)s
     Examples

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ._dispatch import loss
 from ._generic import _categorical_variants as generic
-from ._generic._problems import Classes, prepare_classes
+from ._generic._problems import prepare_classes
 from ._typing import Array
 from ._validation import check_epsilon, check_gamma, check_unit_interval
 
 __all__ = ["poly1_cross_entropy", "softmax_focal_loss"]
 
+#: Both take logits and a target of class indices or class probabilities.
+_CLASSES = partial(prepare_classes, probability_target=True)
+
 # --- softmax_focal_loss -----------------------------------------------------------------------
 
 
-@loss("categorical", generic)
+@loss("categorical", generic, problem=_CLASSES)
 def softmax_focal_loss(
     logits: Array,
     target: Array,
@@ -24,11 +29,12 @@ def softmax_focal_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     sample_weight: Array | None = None,
-) -> tuple[Classes, tuple[float]]:
+) -> tuple[float]:
     r"""Focal loss of a softmax: cross-entropy whose well-classified positions count less.
 
-    With class indices :math:`y_n`, class weights :math:`w` (all ones by default) and sample
-    weights :math:`s` (all ones by default), the loss of position :math:`n` is [1]_
+    With class indices :math:`y_n`, class weights :math:`w` (all ones by default; the focal
+    loss's :math:`\alpha`) and sample weights :math:`s` (all ones by default), the loss of
+    position :math:`n` is [1]_
 
     .. math::
 
@@ -49,42 +55,16 @@ def softmax_focal_loss(
     :math:`[10^{-7}, 1 - 10^{-7}]` first; Keras' default reduction (``"sum_over_batch_size"``)
     divides the weighted sum by the number of positions, not by the total sample weight.
 
-    Parameters
-    ----------
-    logits : array
-        Unnormalised log-probabilities, real floating.
-    target : array
-        Class indices (integer dtype), shape of ``logits`` without the class axis; or class
-        probabilities (floating dtype), shape of ``logits``.
-    gamma : float >= 0, default 2.0
+    %(parameters_logits_classes)s
+    gamma : float >= 0, finite, default 2.0
         The focusing exponent: each position's cross-entropy is multiplied by
         :math:`(1 - p)^\gamma`.
-    axis : int, default -1
-        The class axis of ``logits``; ``axis=1`` is torch's ``(N, C, d1, ..., dK)`` layout.
-    weight : array, optional
-        One non-negative weight per class, shape ``(C,)`` (the focal loss's ``alpha``).
-    ignore_index : int, default -100
-        A class index whose positions contribute nothing, to the loss or to the ``"mean"``
-        denominator. Not used with class probabilities.
-    reduction : {"mean", "sum", "none"}, default "mean"
-        ``"none"`` gives one loss per position; ``"sum"`` their sum; ``"mean"`` their sum
-        divided by the total weight of the kept positions, :math:`\sum_n s_n w_{y_n}` (for
-        class probabilities by :math:`\sum_n s_n`, the number of positions without
-        ``sample_weight``), as :func:`cross_entropy` does. Every position ignored gives NaN.
+    %(options_classes)s
     %(sample_weight_variants)s
 
     %(returns_loss)s
 
-    Raises
-    ------
-    TypeError
-        If an argument is not an array of ``logits``' library or has the wrong dtype, or
-        ``gamma`` is not a Python number.
-    ValueError
-        If shapes do not fit, ``reduction`` is unknown, ``gamma`` is negative or not finite,
-        the arrays are on two devices, or (eager arrays only) a class index is outside
-        ``[0, C)`` and is not ``ignore_index``. On lazy arrays (JAX under ``jit``, Dask) such a
-        position gives NaN instead.
+    %(raises_classes)s
 
     %(notes_shape_classes)s
     float16 and bfloat16 are computed in float32 and returned in their own dtype.
@@ -111,25 +91,13 @@ def softmax_focal_loss(
     >>> softmax_focal_loss(logits, target, reduction="none")
     array([0.01109275, 0.00118109])
     """
-    checked = check_gamma(gamma)
-    problem = prepare_classes(
-        "logits",
-        logits,
-        target,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        probability_target=True,
-        sample_weight=sample_weight,
-    )
-    return problem, (checked,)
+    return (check_gamma(gamma),)
 
 
 # --- poly1_cross_entropy ----------------------------------------------------------------------
 
 
-@loss("categorical", generic)
+@loss("categorical", generic, problem=_CLASSES)
 def poly1_cross_entropy(
     logits: Array,
     target: Array,
@@ -141,7 +109,7 @@ def poly1_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     sample_weight: Array | None = None,
-) -> tuple[Classes, tuple[float, float]]:
+) -> tuple[float, float]:
     r"""Poly-1 loss: cross-entropy plus ``epsilon`` times the first term of its expansion.
 
     :math:`-\log p = \sum_{j \ge 1} (1 - p)^j / j`; Poly-1 [1]_ moves the coefficient of the
@@ -171,44 +139,18 @@ def poly1_cross_entropy(
     :math:`1 - p_t` for a target that sums to 1. ``epsilon=0`` is :func:`cross_entropy`,
     computed by the same code.
 
-    Parameters
-    ----------
-    logits : array
-        Unnormalised log-probabilities, real floating.
-    target : array
-        Class indices (integer dtype), shape of ``logits`` without the class axis; or class
-        probabilities (floating dtype), shape of ``logits``.
-    epsilon : float, default 1.0
+    %(parameters_logits_classes)s
+    epsilon : float, finite, default 1.0
         The change of the first polynomial coefficient, of either sign: [1]_ recommends 2 for
         ImageNet classification and -1 for detection.
-    axis : int, default -1
-        The class axis of ``logits``; ``axis=1`` is torch's ``(N, C, d1, ..., dK)`` layout.
-    weight : array, optional
-        One non-negative weight per class, shape ``(C,)``.
-    ignore_index : int, default -100
-        A class index whose positions contribute nothing, to the loss or to the ``"mean"``
-        denominator. Not used with class probabilities.
-    reduction : {"mean", "sum", "none"}, default "mean"
-        As in :func:`cross_entropy`: ``"mean"`` divides the sum by
-        :math:`\sum_n s_n w_{y_n}` over the kept positions (for class probabilities by
-        :math:`\sum_n s_n`, the number of positions without ``sample_weight``). Every position
-        ignored gives NaN.
+    %(options_classes)s
     label_smoothing : float in [0, 1], default 0.0
         Mass moved from the target to the uniform distribution over classes, in both terms.
     %(sample_weight_variants)s
 
     %(returns_loss)s
 
-    Raises
-    ------
-    TypeError
-        If an argument is not an array of ``logits``' library or has the wrong dtype, or
-        ``epsilon`` or ``label_smoothing`` is not a Python number.
-    ValueError
-        If shapes do not fit, ``reduction`` is unknown, ``label_smoothing`` is outside
-        [0, 1], ``epsilon`` is not finite, the arrays are on two devices, or (eager arrays
-        only) a class index is outside ``[0, C)`` and is not ``ignore_index``. On lazy arrays
-        (JAX under ``jit``, Dask) such a position gives NaN instead.
+    %(raises_classes)s
 
     %(notes_shape_classes)s
     float16 and bfloat16 are computed in float32 and returned in their own dtype.
@@ -235,17 +177,4 @@ def poly1_cross_entropy(
     >>> poly1_cross_entropy(logits, target, epsilon=-1.0, reduction="none")
     array([0.02690833, 0.00579269])
     """
-    checked = check_epsilon(epsilon)
-    smoothing = check_unit_interval("label_smoothing", label_smoothing)
-    problem = prepare_classes(
-        "logits",
-        logits,
-        target,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        probability_target=True,
-        sample_weight=sample_weight,
-    )
-    return problem, (checked, smoothing)
+    return check_epsilon(epsilon), check_unit_interval("label_smoothing", label_smoothing)

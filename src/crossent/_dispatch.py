@@ -218,9 +218,10 @@ def loss(
     family: str,
     generic: ModuleType,
     *,
+    problem: Callable[..., Any] | None = None,
     arguments: tuple[str, ...] = (),
     sharded: Callable[..., Array] | None = None,
-) -> Callable[[Callable[P, Prepared]], Callable[P, Array]]:
+) -> Callable[[Callable[P, Any]], Callable[P, Array]]:
     """Declare a loss: decorate the function whose signature and docstring are the public
     loss's, and whose body checks the arguments and returns ``(problem, options)``.
 
@@ -229,12 +230,20 @@ def loss(
     missing one is an ``AttributeError`` at import). The decorated function is the public
     loss: it dispatches ``generic.<name>(problem, *options)``, and with a ``process_group``
     (where ``sharded`` is given) the sharded computation. Its record goes into
-    :data:`LOSSES` and :data:`PUBLIC_FUNCTIONS`."""
+    :data:`LOSSES` and :data:`PUBLIC_FUNCTIONS`.
+
+    ``problem`` is the family's preparation, where the body needs nothing of the problem: a
+    function ``problem(first, *arrays, **options)`` (``_problems.prepare_classes``, say, with
+    its fixed options bound by ``functools.partial``) called with the name of the first
+    argument, the positional arguments and those of its keyword-only parameters that the
+    public function has, as the caller gave them or by the public defaults. The body then
+    checks the loss's own options and returns them alone (see :func:`_with_problem`)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
-    def decorate(prepare: Callable[P, Prepared]) -> Callable[P, Array]:
-        prepare = _filled(prepare)
+    def decorate(body: Callable[P, Any]) -> Callable[P, Array]:
+        body = _filled(body)
+        prepare = body if problem is None else _with_problem(body, problem)
         name = prepare.__name__
         compute_loss: Callable[..., Array] = getattr(generic, name)
         value_and_grad = getattr(generic, f"{name}_value_and_grad")
@@ -268,6 +277,34 @@ def loss(
         return public
 
     return decorate
+
+
+def _with_problem(body: Callable[..., tuple[Any, ...]], make: Callable[..., Any]) -> Any:
+    """The preparation of a loss declared with ``problem=make``: ``body`` checks the loss's own
+    options and returns them (Python checks the arguments against its signature), then
+    ``make`` checks the arrays and the family's options and makes the problem."""
+    public = inspect.signature(body).parameters
+    positional = [
+        n for n, p in public.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    taken = inspect.signature(make).parameters
+    keywords = [n for n, p in taken.items() if p.kind == p.KEYWORD_ONLY and n in public]
+    for n, p in taken.items():  # a preparation's option the loss cannot give: at import
+        if p.kind == p.KEYWORD_ONLY and p.default is p.empty and n not in public:
+            raise TypeError(f"{body.__name__} has no parameter {n}, which {make} needs")
+    defaults = {n: public[n].default for n in keywords}
+    first = positional[0]
+
+    @functools.wraps(body)
+    def prepare(*args: Any, **kwargs: Any) -> Prepared:
+        options = body(*args, **kwargs)
+        given = dict(zip(positional, args, strict=False))
+        given.update(kwargs)
+        arrays = [given[n] for n in positional]
+        made = make(first, *arrays, **{n: given.get(n, defaults[n]) for n in keywords})
+        return made, options
+
+    return prepare
 
 
 def _filled(func: F) -> F:

@@ -3,10 +3,12 @@ log-probabilities, and the entropy of the distributions of logits."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from ._dispatch import loss
 from ._generic import _divergence as generic
 from ._generic._divergence import Distributions
-from ._generic._problems import Pointwise, prepare_pointwise
+from ._generic._problems import prepare_pointwise
 from ._typing import Array
 from ._validation import check_bool
 
@@ -15,10 +17,10 @@ __all__ = ["entropy", "kl_div"]
 KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
 
 
-@loss("divergence", generic)
+@loss("divergence", generic, problem=partial(prepare_pointwise, reductions=KL_REDUCTIONS))
 def kl_div(
     log_probs: Array, target: Array, *, reduction: str = "mean", log_target: bool = False
-) -> tuple[Pointwise, tuple[bool]]:
+) -> tuple[bool]:
     r"""Kullback-Leibler divergence of ``target`` from the distribution of ``log_probs``.
 
     Elementwise, with :math:`q = \exp(\text{log\_probs})` the prediction and :math:`t` the
@@ -65,10 +67,7 @@ def kl_div(
     >>> kl_div(log_probs, target, reduction="batchmean")
     array(0.34657359)
     """
-    problem = prepare_pointwise(
-        "log_probs", log_probs, target, reduction=reduction, reductions=KL_REDUCTIONS
-    )
-    return problem, (check_bool("log_target", log_target),)
+    return (check_bool("log_target", log_target),)
 
 
 @loss("divergence", generic)

@@ -17,6 +17,21 @@ __all__ = ["PARAGRAPHS", "fill", "fill_text"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
+#: The start of the Raises section of a loss of arrays alone.
+_RAISES_ARRAYS = """\
+Raises
+------
+TypeError
+    If an argument is not an array of ``%(first)s``' library, or has the wrong dtype."""
+
+#: The start of the Raises section of a loss with options that are numbers.
+_RAISES_OPTIONS = """\
+Raises
+------
+TypeError
+    If an argument is not an array of ``%(first)s``' library or has the wrong dtype, or an
+    option that is a number is not a Python number."""
+
 #: The shared paragraphs. ``%(first)s`` in them is the name of the function's first
 #: argument, the predictions, which the decorators of ``_dispatch`` fill in.
 PARAGRAPHS = {
@@ -37,18 +52,60 @@ sample_weight : array, optional
 sample_weight : array, optional
     One weight per position, real floating, the shape of ``logits`` without the class
     axis: it multiplies the position's loss.""",
+    "parameters_logits_classes": """\
+Parameters
+----------
+logits : array
+    Unnormalised log-probabilities, real floating.
+target : array
+    Class indices (integer dtype), shape of ``logits`` without the class axis; or class
+    probabilities (floating dtype), shape of ``logits``.""",
+    "options_classes": """\
+axis : int, default -1
+    The class axis of ``%(first)s``; ``axis=1`` is torch's ``(N, C, d1, ..., dK)`` layout.
+weight : array, optional
+    One non-negative weight per class, shape ``(C,)``.
+ignore_index : int, default -100
+    A class index whose positions contribute nothing, to the loss or to the ``"mean"``
+    denominator. Not used with class probabilities.
+reduction : {"mean", "sum", "none"}, default "mean"
+    ``"none"`` gives one loss per position; ``"sum"`` their sum; ``"mean"`` their sum
+    divided by the total weight of the kept positions, :math:`\\sum_n s_n w_{y_n}` (for class
+    probabilities :math:`\\sum_n s_n`, the number of positions without ``sample_weight``).
+    Every position ignored gives NaN, as torch does.""",
     "returns_loss": """\
 Returns
 -------
 array
     Of the library, device and dtype of ``%(first)s``; 0-d unless ``reduction="none"``.""",
-    "raises_arrays": """\
-Raises
-------
-TypeError
-    If an argument is not an array of ``%(first)s``' library, or has the wrong dtype.
+    "raises_arrays": _RAISES_ARRAYS
+    + """
 ValueError
     If shapes do not fit, ``reduction`` is unknown, or the arrays are on two devices.""",
+    "raises_probabilities": _RAISES_ARRAYS
+    + """
+ValueError
+    If shapes do not fit, an option is out of its set, the arrays are on two devices, or
+    (eager arrays only) a probability or a target lies outside [0, 1]; on lazy arrays such
+    an element gives NaN. A NaN probability or target gives NaN.""",
+    "raises_probabilities_classes": _RAISES_ARRAYS
+    + """
+ValueError
+    If shapes do not fit, an option is out of its set, the arrays are on two devices, or
+    (eager arrays only) a probability lies outside [0, 1] or a class index outside
+    ``[0, C)``; on lazy arrays such a position gives NaN.""",
+    "raises_options": _RAISES_OPTIONS
+    + """
+ValueError
+    If shapes do not fit, ``reduction`` is unknown, an option is outside the range its
+    parameter gives, or the arrays are on two devices.""",
+    "raises_classes": _RAISES_OPTIONS
+    + """
+ValueError
+    If shapes do not fit, ``reduction`` is unknown, an option is outside the range its
+    parameter gives, the arrays are on two devices, or (eager arrays only) a class index is
+    outside ``[0, C)`` and is not ``ignore_index``. On lazy arrays (JAX under ``jit``, Dask)
+    such a position gives NaN instead.""",
     "parameters_softmax": """\
 Parameters
 ----------

@@ -7,19 +7,16 @@ from ._generic import _linear as generic
 from ._generic import _sharded
 from ._generic._arrays import is_eager, reshape
 from ._generic._linear import Linear, default_chunk_size
-from ._generic._problems import check_target
+from ._generic._targets import check_target, class_problem
 from ._typing import Array
 from ._validation import (
-    check_class_indices,
     check_class_weights,
     check_index,
     check_int,
     check_real_floating,
     check_reduction,
     check_sample_weight,
-    check_softcap,
     check_unit_interval,
-    check_z_loss,
     compute_dtype,
     get_namespace,
     num_elements,
@@ -275,7 +272,11 @@ def linear_cross_entropy(
 
     # a slice of the classes: the place of the slice in the whole
     sharding = {} if group is None else {"offset": offset, "total_classes": classes}
-    problem = (Linear if group is None else _sharded.ShardedLinear)(
+    problem = class_problem(
+        Linear if group is None else _sharded.ShardedLinear,
+        classes,
+        softcap,
+        z_loss,
         xp=xp,
         reduction=reduction,
         dtype=hidden.dtype,
@@ -289,10 +290,6 @@ def linear_cross_entropy(
         chunk_size=rows,
         hidden_shape=shape,
         sample_weight=flat_sample_weight,
-        softcap=check_softcap(softcap),
-        z_loss=check_z_loss(z_loss),
         **sharding,
     )
-    if eager and problem.index_target:
-        check_class_indices(xp, flat_target, classes, ignore_index)
     return problem, (smoothing,)

@@ -10,23 +10,17 @@ Each reduces an :class:`Unreduced` loss the same way (:meth:`Problem.reduce`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-from array_api_compat import device
 
 from .._typing import Array, DType, Namespace
 from .._validation import (
     check_broadcasts_to,
-    check_class_indices,
     check_class_weights,
     check_index,
     check_real_floating,
     check_reduction,
     check_sample_weight,
-    check_softcap,
-    check_z_loss,
     compute_dtype,
     get_namespace,
     normalize_axis,
@@ -34,6 +28,7 @@ from .._validation import (
     shape_str,
 )
 from ._arrays import as_array, is_eager
+from ._targets import check_target, class_problem
 
 __all__ = [
     "ClassAxisLast",
@@ -41,8 +36,6 @@ __all__ = [
     "Pointwise",
     "Problem",
     "Unreduced",
-    "as_default_integer",
-    "check_target",
     "prepare_classes",
     "prepare_pointwise",
 ]
@@ -351,7 +344,11 @@ def prepare_classes(
             dtype,
         )
 
-    problem = Classes(
+    return class_problem(
+        Classes,
+        num_classes,
+        softcap,
+        z_loss,
         xp=xp,
         reduction=reduction,
         dtype=predictions.dtype,
@@ -362,85 +359,7 @@ def prepare_classes(
         ignore_index=ignore_index,
         axis=ax,
         sample_weight=sample_weight,
-        softcap=check_softcap(softcap),
-        z_loss=check_z_loss(z_loss),
     )
-    if problem.eager and problem.index_target:
-        check_class_indices(xp, target, num_classes, ignore_index)
-    return problem
-
-
-def check_target(
-    xp: Namespace,
-    target: Array,
-    *,
-    positions: tuple[int, ...],
-    probabilities_shape: tuple[int, ...] | None,
-    num_classes: int,
-    ignore_index: int,
-    eager: bool,
-    indices_of: Callable[[], str],
-    probabilities_of: Callable[[], str],
-) -> tuple[Array, bool]:
-    """Check a categorical target: class indices of shape ``positions`` (in the default
-    integer dtype, checked against ``[0, num_classes)`` on eager arrays, see
-    :func:`as_default_integer`), or, where ``probabilities_shape`` is given, class
-    probabilities of that shape. Returns the target and whether it holds indices.
-    ``indices_of()`` and ``probabilities_of()`` say in the errors where the shapes come from
-    (functions, called on an error alone: torch.compile cannot trace the formatting of a
-    shape)."""
-    if xp.isdtype(target.dtype, "integral"):
-        if tuple(target.shape) != positions:
-            raise ValueError(
-                f"target has shape {shape_str(target.shape)}, expected {shape_str(positions)}: "
-                f"{indices_of()}"
-            )
-        return as_default_integer(xp, target, num_classes, ignore_index, eager), True
-    if probabilities_shape is not None and xp.isdtype(target.dtype, "real floating"):
-        if tuple(target.shape) != probabilities_shape:
-            raise ValueError(
-                f"target of class probabilities has shape {shape_str(target.shape)}, expected "
-                f"{shape_str(probabilities_shape)}, {probabilities_of()} (class indices would "
-                f"have shape {shape_str(positions)})"
-            )
-        return target, False
-    if probabilities_shape is not None:
-        raise TypeError(
-            "target must hold class indices (an integer dtype) or class probabilities "
-            f"(a real floating dtype), got {target.dtype}"
-        )
-    raise TypeError(
-        f"target must hold class indices, an integer dtype, got {target.dtype}; "
-        "for class probabilities use cross_entropy"
-    )
-
-
-def as_default_integer(
-    xp: Namespace, target: Array, num_classes: int, ignore_index: int, eager: bool
-) -> Array:
-    """The target in the namespace's default integer dtype, which every backend gathers with
-    (torch's take_along_dim takes int64 alone) and which holds every class and ``ignore_index``.
-
-    An unsigned index too large for that dtype would wrap around, perhaps onto
-    ``ignore_index``: on eager arrays it raises, on lazy ones it becomes an index that is no
-    class (its loss is NaN).
-    """
-    default = xp.__array_namespace_info__().default_dtypes(device=device(target))["integral"]
-    converted = xp.astype(target, default, copy=False)
-    if xp.isdtype(target.dtype, "unsigned integer") and (
-        xp.iinfo(target.dtype).bits >= xp.iinfo(default).bits
-    ):
-        # Compared after the conversion, where they wrapped to negative numbers: torch has no
-        # comparisons of uint64.
-        too_large = converted < 0
-        if eager:
-            check_class_indices(
-                xp, xp.where(too_large, converted, 0), num_classes, ignore_index, wrapped=True
-            )
-        else:
-            no_class = num_classes if ignore_index != num_classes else num_classes + 1
-            converted = xp.where(too_large, no_class, converted)
-    return converted
 
 
 # --- Elementwise losses -----------------------------------------------------------------------

@@ -56,7 +56,8 @@ from ._linear import (
     rows_of,
     times_factor,
 )
-from ._problems import Classes, Unreduced, as_default_integer
+from ._problems import Classes, Unreduced
+from ._targets import as_default_integer
 
 __all__ = [
     "Collectives",

@@ -183,6 +183,27 @@ def direct_nll_loss(
         return None
 
 
+def _elementwise(
+    call: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    **weights: torch.Tensor | None,
+) -> Array | None:
+    """torch's elementwise loss ``call(x, target, reduction=reduction, **weights)``, or None
+    where crossent's full path must run: dtypes that differ, a weight that does not broadcast
+    to ``x`` (torch would broadcast ``x`` to it), or an error of torch's."""
+    if not (_same_dtype(x, target, *weights.values()) and _plain(x, -1, reduction)):
+        return None
+    for extra in weights.values():
+        if extra is not None and not broadcasts_to(extra.shape, x.shape):
+            return None
+    try:
+        return call(x, target, reduction=reduction, **weights)
+    except _TORCH_ERRORS:
+        return None
+
+
 def direct_binary_cross_entropy(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -192,16 +213,9 @@ def direct_binary_cross_entropy(
     eps: float | None = None,
 ) -> Array | None:
     # With eps, crossent checks the probabilities before clipping them: the full path.
-    if eps is not None or not (
-        _same_dtype(probs, target, weight) and _plain(probs, -1, reduction)
-    ):
+    if eps is not None:
         return None
-    if weight is not None and not broadcasts_to(weight.shape, probs.shape):
-        return None
-    try:
-        return F.binary_cross_entropy(probs, target, weight=weight, reduction=reduction)
-    except _TORCH_ERRORS:
-        return None
+    return _elementwise(F.binary_cross_entropy, probs, target, reduction, weight=weight)
 
 
 def direct_binary_cross_entropy_with_logits(
@@ -216,17 +230,14 @@ def direct_binary_cross_entropy_with_logits(
         blocked = _blocked_half_bce_with_logits(logits, target, reduction)
         if blocked is not None:
             return blocked
-    if not (_same_dtype(logits, target, weight, pos_weight) and _plain(logits, -1, reduction)):
-        return None
-    for extra in (weight, pos_weight):
-        if extra is not None and not broadcasts_to(extra.shape, logits.shape):
-            return None
-    try:
-        return F.binary_cross_entropy_with_logits(
-            logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction
-        )
-    except _TORCH_ERRORS:
-        return None
+    return _elementwise(
+        F.binary_cross_entropy_with_logits,
+        logits,
+        target,
+        reduction,
+        weight=weight,
+        pos_weight=pos_weight,
+    )
 
 
 #: The public function whose generic function is the key -> its direct call.
