@@ -86,6 +86,40 @@ def test_a_loss_without_its_generic_functions_is_refused_at_import():
         _dispatch.loss("divergence", _generic_divergence)(no_such_loss)
 
 
+def test_a_preparation_is_given_the_public_arguments(xp):
+    # problem=: the family's preparation gets the arrays by position or by name, the options
+    # the caller gave and the loss's defaults for the others; the body its own options
+    log_probs = xp.asarray([[-0.5, -1.5, -2.0], [-3.0, -0.1, -2.5]])
+    target = xp.asarray([1, 0])
+    expected = crossent.nll_loss(log_probs, target, reduction="sum")
+    by_name = crossent.nll_loss(log_probs=log_probs, target=target, reduction="sum")
+    assert float(by_name) == float(expected) == 4.5
+    smoothed = crossent.poly1_cross_entropy(log_probs, target=target, label_smoothing=0.1)
+    assert float(smoothed) == float(
+        crossent.poly1_cross_entropy(log_probs, target, epsilon=1.0, label_smoothing=0.1)
+    )
+    with pytest.raises(TypeError, match="ignore_indexx"):
+        crossent.nll_loss(log_probs, target, ignore_indexx=1)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        crossent.poly1_cross_entropy(log_probs, target, label_smoothing=2.0)
+
+
+def test_a_preparation_the_loss_cannot_feed_is_refused_at_import():
+    from functools import partial
+
+    from crossent._generic._problems import prepare_classes
+
+    def kl_div(log_probs, target):  # prepare_classes needs axis, weight, ...: not here
+        return ()
+
+    with pytest.raises(TypeError, match="has no parameter axis"):
+        _dispatch.loss(
+            "divergence",
+            _generic_divergence,
+            problem=partial(prepare_classes, probability_target=True),
+        )(kl_div)
+
+
 def test_the_api_page_has_a_section_per_family():
     page = (ROOT / "docs" / "api" / "index.md").read_text()
     assert re.findall(r"^\.\. losses:: (\w+)$", page, flags=re.M) == list(FAMILIES)
