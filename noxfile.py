@@ -77,7 +77,7 @@ def _prepare(session: nox.Session, backend: str, device: str) -> dict[str, str]:
 def tests(session: nox.Session, backend: str, device: str) -> None:
     """The whole test suite on one backend and device, torch in float64 as the oracle."""
     env = _prepare(session, backend, device)
-    args = list(session.posargs)
+    args = list(session.posargs) or list(matrix.session(backend, device).tests)
     if backend == "numpy" and not args:
         # the docstrings' examples too; the torch, JAX and Dask kernels import their framework
         args = ["tests", "--doctest-modules", "src/crossent"]

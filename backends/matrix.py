@@ -39,6 +39,9 @@ class Session:
     #: What runs over several devices or processes, and how it is tested: the support
     #: matrix's "distributed" column.
     distributed: str = "one process"
+    #: The pytest arguments of the session where the file gives them (a sample of the
+    #: suite); empty for the whole suite.
+    tests: tuple[str, ...] = ()
 
 
 def _read(path: Path) -> list[Session]:
@@ -57,6 +60,7 @@ def _read(path: Path) -> list[Session]:
                 available=device.get("available"),
                 slow_tests=bool(spec.get("slow_tests", False)),
                 distributed=str(spec.get("distributed", "one process")),
+                tests=tuple(spec.get("tests", ())),
             )
         )
     return out

@@ -147,8 +147,16 @@ def _torch_cases(pairs: int) -> Iterator[dict[str, Any]]:
                         "F.binary_cross_entropy_with_logits",
                     )
                 )
+            rows += _liger_rows(x, t, step)
             for label, ours, theirs, peer in rows:
-                record = compare(ours, theirs, sync, pairs)
+                try:
+                    record = compare(ours, theirs, sync, pairs)
+                except Exception as error:  # a peer that fails here: said, not fatal
+                    print(f"torch {label} vs {peer}: {error!r}", flush=True)
+                    continue
+                logits_bytes = x.element_size() * x.numel()
+                # the least traffic: the logits read once, and their gradient written once
+                moved = logits_bytes * (2 if "backward" in label else 1)
                 record.update(
                     suite="torch",
                     name=label,
@@ -157,7 +165,9 @@ def _torch_cases(pairs: int) -> Iterator[dict[str, Any]]:
                     peer=peer,
                     ours_peak_bytes=peak(ours),
                     peer_peak_bytes=peak(theirs),
-                    logits_bytes=x.element_size() * x.numel(),
+                    logits_bytes=logits_bytes,
+                    ours_tb_per_s=moved / record["ours_seconds"] / 1e12,
+                    peer_tb_per_s=moved / record["peer_seconds"] / 1e12,
                 )
                 yield record
             del x, leaf
@@ -180,19 +190,83 @@ def _torch_cases(pairs: int) -> Iterator[dict[str, Any]]:
         def theirs(h: Any = h, w: Any = w, t: Any = t) -> Any:
             return linear_step(lambda: F.cross_entropy(F.linear(h, w).float(), t))
 
-        record = compare(ours, theirs, sync, max(3, pairs // 2))
-        record.update(
-            suite="torch",
-            name="linear_cross_entropy forward+backward",
-            shape=[n, d, v],
-            dtype=str(dtype).removeprefix("torch."),
-            peer="F.cross_entropy(F.linear(h, w).float(), t)",
-            ours_peak_bytes=peak(ours),
-            peer_peak_bytes=peak(theirs),
-            logits_bytes=n * v * h.element_size(),
-        )
-        yield record
+        peers = [("F.cross_entropy(F.linear(h, w).float(), t)", theirs)]
+        peers += _fused_linear_peers(h, w, t, linear_step)
+        for peer, their_step in peers:
+            try:
+                record = compare(ours, their_step, sync, max(3, pairs // 2))
+            except Exception as error:  # a peer that fails here: said, not fatal
+                print(f"torch linear vs {peer}: {error!r}", flush=True)
+                continue
+            flop = 6 * n * d * v  # the logits' product, and the two of the backward
+            record.update(
+                suite="torch",
+                name="linear_cross_entropy forward+backward",
+                shape=[n, d, v],
+                dtype=str(dtype).removeprefix("torch."),
+                peer=peer,
+                ours_peak_bytes=peak(ours),
+                peer_peak_bytes=peak(their_step),
+                logits_bytes=n * v * h.element_size(),
+                ours_tflop_per_s=flop / record["ours_seconds"] / 1e12,
+                peer_tflop_per_s=flop / record["peer_seconds"] / 1e12,
+            )
+            yield record
         del h, w
+
+
+def _liger_rows(x: Any, t: Any, step: Callable[..., Any]) -> list[tuple[Any, ...]]:
+    """Liger-Kernel's Triton cross-entropy as a second peer, where it is installed. It writes
+    the gradient into its input's storage: it gets a leaf of its own."""
+    try:
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+    except ImportError as error:
+        print(f"Liger-Kernel not compared: {error}", flush=True)
+        return []
+    import crossent as ce
+
+    liger = LigerCrossEntropyLoss()
+    own = x.clone().requires_grad_(True)
+
+    def theirs(own: Any = own) -> Any:
+        return step(lambda a, b: liger(a, b), leaf=own)
+
+    return [
+        (
+            "cross_entropy forward+backward",
+            lambda: step(ce.cross_entropy),
+            theirs,
+            "Liger-Kernel LigerCrossEntropyLoss",
+        )
+    ]
+
+
+def _fused_linear_peers(
+    h: Any, w: Any, t: Any, linear_step: Callable[..., Any]
+) -> list[tuple[str, Callable[[], Any]]]:
+    """Liger-Kernel's and Cut Cross-Entropy's fused linear cross-entropy, where installed."""
+    peers: list[tuple[str, Callable[[], Any]]] = []
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        fused = LigerFusedLinearCrossEntropyLoss()
+        peers.append(
+            (
+                "Liger-Kernel LigerFusedLinearCrossEntropyLoss",
+                lambda: linear_step(lambda: fused(w, h, t)),
+            )
+        )
+    except ImportError as error:
+        print(f"Liger-Kernel not compared: {error}", flush=True)
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        peers.append(
+            ("Cut Cross-Entropy linear_cross_entropy", lambda: linear_step(lambda: cce(h, w, t)))
+        )
+    except ImportError as error:
+        print(f"Cut Cross-Entropy not compared: {error}", flush=True)
+    return peers
 
 
 def _jax_cases(pairs: int) -> Iterator[dict[str, Any]]:
@@ -337,6 +411,17 @@ def _row(r: dict[str, Any]) -> str:
         f"{r['suite']:<6} {r['name']:<52} {shape:<17} {r['dtype']:<9} "
         f"{r['ratio']:5.2f}  {r['ours_seconds'] * 1e3:8.3f} ms {r['peer_seconds'] * 1e3:8.3f} ms"
         f"  {mib(r.get('ours_peak_bytes')):>7} / {mib(r.get('peer_peak_bytes')):>7} MiB"
+        + (
+            f"  {r['ours_tb_per_s']:.2f} / {r['peer_tb_per_s']:.2f} TB/s"
+            if "ours_tb_per_s" in r
+            else ""
+        )
+        + (
+            f"  {r['ours_tflop_per_s']:.0f} / {r['peer_tflop_per_s']:.0f} TFLOP/s"
+            if "ours_tflop_per_s" in r
+            else ""
+        )
+        + f"  vs {r['peer']}"
     )
 
 

@@ -89,3 +89,30 @@ def test_readme_example_runs():
     assert blocks, "the README has no Python example"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_a_sample_of_the_suite_names_files_that_exist():
+    root = matrix.FOLDER.parent
+    for s in matrix.sessions():
+        for argument in s.tests:
+            if argument.startswith("tests/"):
+                assert (root / argument).exists(), (s.backend, argument)
+
+
+def test_the_triton_switch_is_handed_to_triton_as_crossent_is_imported():
+    import os
+
+    code = "import os, crossent; print(os.environ.get('TRITON_INTERPRET'))"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**env, "CROSSENT_TRITON_INTERPRET": "1"},
+    )
+    assert out.stdout.strip() == "1"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "None"

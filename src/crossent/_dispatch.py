@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -53,6 +54,12 @@ __all__ = [
     "on_accelerator",
     "public_function",
 ]
+
+# The Triton kernels' test switch (``_backends/_torch/_triton``), read as crossent is imported:
+# Triton reads its own interpreter switch as it is itself imported, which torch._dynamo does
+# early, so it is handed on before any torch kernel loads.
+if os.environ.get("CROSSENT_TRITON_INTERPRET") == "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..._generic import _categorical
 from ..._generic._problems import Classes, Pointwise, Unreduced
 from ..._typing import Array, Namespace
+from . import _triton
 from ._common import _FLOATS, _class_first, _torch_cross_entropy
 from ._half import _blocked_half_cross_entropy
 
@@ -90,6 +91,8 @@ def _composed_cross_entropy(problem: Classes, smoothing: float) -> Array:
 
 
 def cross_entropy(problem: Classes, smoothing: float) -> Array:
+    if _triton.serves(problem):  # CUDA tensors where Triton is installed
+        return _triton.cross_entropy(problem, smoothing)
     if not problem.plain:
         return _composed_cross_entropy(problem, smoothing)
     target = problem.target if problem.index_target else _class_first(problem.target)
