@@ -41,7 +41,7 @@ def calls(monkeypatch):
     """The number of times the kernels' forward op ran."""
     from crossent._backends._torch import _triton
 
-    module = _triton._kernels()
+    module = _triton.KERNELS
     count = [0]
     op = module.cross_entropy_rows
 
@@ -278,3 +278,21 @@ def test_the_smallest_shapes(device, rows, classes):
     )
     _check(loss, expected, "float32")
     _check(grad, expected_grad, "float32")
+
+
+def test_what_the_kernels_leave_to_torch(device, calls):
+    # float64, class probabilities and classes that are not contiguous take torch's route,
+    # with the same numbers
+    logits, target = _inputs(device, (4,), 6, "float32")
+    crossent.cross_entropy(logits.double(), target)
+    probabilities = torch.softmax(torch.randn(4, 6, device=device), dim=1)
+    crossent.cross_entropy(logits, probabilities)
+    strided = torch.randn(4, 6, 3, device=device)  # classes at axis 1 of (N, C, d)
+    loss = crossent.cross_entropy(
+        strided, torch.zeros((4, 3), dtype=torch.int64, device=device), axis=1
+    )
+    assert calls[0] == 0
+    expected = torch.nn.functional.cross_entropy(
+        strided, torch.zeros((4, 3), dtype=torch.int64, device=device)
+    )
+    torch.testing.assert_close(loss, expected)

@@ -11,7 +11,9 @@ CPU tensors take the same kernels under Triton's interpreter, which is how the t
 without a GPU: ``import crossent`` then sets ``TRITON_INTERPRET=1``, which Triton reads as it
 is imported, so Triton must not have been imported before crossent.
 
-This module imports no Triton: the kernels' module is imported on the first call it serves.
+Where ``triton`` is installed, the kernels' module is imported with this one (when crossent's
+torch kernels load): Triton itself is imported by then, by ``torch._dynamo``. No state is kept
+after that, so that ``torch.compile`` traces the same code on every call.
 """
 
 from __future__ import annotations
@@ -32,17 +34,6 @@ __all__ = ["INTERPRET", "cross_entropy", "serves"]
 INTERPRET = os.environ.get("CROSSENT_TRITON_INTERPRET", "") == "1"
 _AVAILABLE = importlib.util.find_spec("triton") is not None
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_LOADED: list[ModuleType] = []
-
-
-def _kernels() -> ModuleType:
-    if not _LOADED:
-        if INTERPRET:
-            _interpret()
-        from . import _cross_entropy
-
-        _LOADED.append(_cross_entropy)
-    return _LOADED[0]
 
 
 def _interpret() -> None:
@@ -60,11 +51,22 @@ def _interpret() -> None:
         )
 
 
+KERNELS: ModuleType | None = None  # the kernels' module, where triton is installed
+if _AVAILABLE:
+    if INTERPRET:
+        _interpret()
+    try:
+        from . import _cross_entropy as KERNELS
+    except ImportError:  # a triton that does not import: torch's own kernels serve
+        if INTERPRET:
+            raise
+
+
 def serves(problem: Classes) -> bool:
     """Whether the Triton kernels compute this ``cross_entropy``: class indices of float32 or
     half-precision logits whose classes are contiguous, on a CUDA device (or on the CPU under
     the interpreter), outside ``torch.func`` transforms."""
-    if not _AVAILABLE or type(problem) is not Classes or not problem.index_target:
+    if KERNELS is None or type(problem) is not Classes or not problem.index_target:
         return False
     logits = problem.predictions
     if logits.dtype not in _KERNEL_DTYPES or logits.numel() == 0:
@@ -88,7 +90,8 @@ def cross_entropy(problem: Classes, smoothing: float) -> Array:
     classes = logits.shape[-1]
     rows = logits.reshape(-1, classes)
     softcap = problem.softcap
-    losses, _ = _kernels().cross_entropy_rows(
+    assert KERNELS is not None
+    losses, _ = KERNELS.cross_entropy_rows(
         rows,
         problem.target.reshape(-1),
         problem.weight,
