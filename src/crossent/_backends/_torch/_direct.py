@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from ..._generic import _binary, _categorical
 from ..._typing import Array
 from ..._validation import broadcasts_to
-from . import _triton
 from ._functional import _nll_class_last, _reduce_half_nll
 from ._half import _blocked_half_bce_with_logits
+from ._triton import INTERPRET as _TRITON_INTERPRET
 
 __all__ = [
     "DIRECT_CALLS",
@@ -89,7 +89,7 @@ def direct_cross_entropy(
     process_group: object = None,
 ) -> Array | None:
     if not (
-        not _triton.INTERPRET  # CPU tensors take the Triton kernels, under the interpreter
+        not _TRITON_INTERPRET  # CPU tensors take the Triton kernels, under the interpreter
         and process_group is None  # classes split among processes: the sharded path
         and softcap is None  # crossent's options beyond torch's: the kernel composes them
         and sample_weight is None

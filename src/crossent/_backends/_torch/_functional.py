@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from ..._generic import _categorical
 from ..._generic._problems import Classes, Pointwise, Unreduced
 from ..._typing import Array, Namespace
-from . import _triton
 from ._common import _FLOATS, _class_first, _torch_cross_entropy
 from ._half import _blocked_half_cross_entropy
+from ._triton import cross_entropy as _triton_cross_entropy
+from ._triton import serves as _triton_serves
 
 __all__ = [
     "binary_cross_entropy",
@@ -91,8 +92,8 @@ def _composed_cross_entropy(problem: Classes, smoothing: float) -> Array:
 
 
 def cross_entropy(problem: Classes, smoothing: float) -> Array:
-    if _triton.serves(problem):  # CUDA tensors where Triton is installed
-        return _triton.cross_entropy(problem, smoothing)
+    if _triton_serves(problem):  # CUDA tensors where Triton is installed
+        return _triton_cross_entropy(problem, smoothing)
     if not problem.plain:
         return _composed_cross_entropy(problem, smoothing)
     target = problem.target if problem.index_target else _class_first(problem.target)
