@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from ..._generic._arrays import torch_transformed
+from ..._generic._categorical import Picks
+from ..._generic._problems import Classes, Unreduced
+from ..._typing import Array
 
 __all__ = ["ACCELERATOR_BLOCK_ELEMENTS", "BLOCK_ELEMENTS"]
 
@@ -81,3 +84,17 @@ def _torch_cross_entropy(
     return F.cross_entropy(
         inputs, target, weight, None, ignore_index, None, reduction, label_smoothing=smoothing
     )
+
+
+def _weighted_positions(problem: Classes, losses: torch.Tensor, picks: Picks | None) -> Array:
+    """Per-position ``losses`` of a call with sample weights (0 at ignored positions), each
+    times its sample weight, reduced: ``"mean"`` divides by ``sum s_n w[y_n]`` (class
+    indices, ``picks``) or ``sum s_n`` (class probabilities)."""
+    s = problem.sample_weight
+    if picks is not None:
+        if s is not None:
+            losses = losses * picks.kept_weight  # s_n where kept, 0 where ignored
+        return problem.reduce(Unreduced(losses, torch.sum(picks.weight)))
+    if s is None:
+        return problem.reduce(Unreduced(losses))
+    return problem.reduce(Unreduced(losses * s, torch.sum(s)))

@@ -5,15 +5,13 @@ sample weights). Autograd through them is torch's own backward."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from ..._generic import _categorical
 from ..._generic._problems import Classes, Pointwise, Unreduced
 from ..._typing import Array, Namespace
-from ._common import _FLOATS, _class_first, _torch_cross_entropy
+from ._common import _FLOATS, _class_first, _torch_cross_entropy, _weighted_positions
 from ._half import _blocked_half_cross_entropy
 from ._triton import cross_entropy as _triton_cross_entropy
 from ._triton import serves as _triton_serves
@@ -44,20 +42,6 @@ def log_softmax(xp: Namespace, x: torch.Tensor, axis: int) -> Array:
 
 def log_sigmoid(xp: Namespace, x: torch.Tensor) -> Array:
     return F.logsigmoid(x)
-
-
-def _weighted_positions(problem: Classes, losses: torch.Tensor, picks: Any) -> Array:
-    """Per-position ``losses`` of a call with sample weights (0 at ignored positions), each
-    times its sample weight, reduced: ``"mean"`` divides by ``sum s_n w[y_n]`` (class
-    indices, ``picks``) or ``sum s_n`` (class probabilities)."""
-    s = problem.sample_weight
-    if picks is not None:
-        if s is not None:
-            losses = losses * picks.kept_weight  # s_n where kept, 0 where ignored
-        return problem.reduce(Unreduced(losses, torch.sum(picks.weight)))
-    if s is None:
-        return problem.reduce(Unreduced(losses))
-    return problem.reduce(Unreduced(losses * s, torch.sum(s)))
 
 
 def _composed_cross_entropy(problem: Classes, smoothing: float) -> Array:

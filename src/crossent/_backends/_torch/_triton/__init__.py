@@ -24,9 +24,9 @@ from types import ModuleType
 
 import torch
 
-from ...._generic._problems import Classes, Unreduced
+from ...._generic._problems import Classes
 from ...._typing import Array
-from .._common import _transformed
+from .._common import _transformed, _weighted_positions
 
 __all__ = ["INTERPRET", "cross_entropy", "serves"]
 
@@ -100,10 +100,4 @@ def cross_entropy(problem: Classes, smoothing: float) -> Array:
         None if softcap is None else float(softcap),
         float(problem.z_loss),
     )
-    losses = losses.reshape(problem.target.shape)
-    picks = picks_of(problem)
-    if problem.sample_weight is not None:
-        losses = losses * picks.kept_weight
-    if problem.reduction == "mean":
-        return problem.reduce(Unreduced(losses, torch.sum(picks.weight)))
-    return problem.reduce(Unreduced(losses))
+    return _weighted_positions(problem, losses.reshape(problem.target.shape), picks_of(problem))
