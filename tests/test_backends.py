@@ -277,11 +277,12 @@ def _tiny_arguments(func):
 
 
 def test_direct_calls_take_the_public_signatures():
-    # CPU torch tensors enter a direct call with the caller's arguments as given
+    # torch tensors enter a direct call with the caller's arguments as given
     from crossent._backends import _torch
 
     assert _torch.DIRECT_CALLS
-    for generic, direct in _torch.DIRECT_CALLS.items():
+    assert _torch.DEVICE_CALLS
+    for generic, direct in (*_torch.DIRECT_CALLS.items(), *_torch.DEVICE_CALLS.items()):
         public = PUBLIC_FUNCTIONS[generic]
         assert _parameters(direct) == _parameters(public), direct.__name__
 

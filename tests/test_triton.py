@@ -20,20 +20,12 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from triton_support import both as _both  # noqa: E402
+from triton_support import check as _check  # noqa: E402
+from triton_support import served  # noqa: E402, F401 (autouse)
+from triton_support import ulp as _ulp  # noqa: E402
+
 import crossent  # noqa: E402
-from crossent._dispatch import generic_only  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _served(xp, device):
-    from array_api_compat import is_torch_namespace
-
-    if not is_torch_namespace(xp):
-        pytest.skip("the Triton kernels take torch tensors")
-    from crossent._backends._torch import _triton
-
-    if not (device.type == "cuda" or (_triton.INTERPRET and device.type == "cpu")):
-        pytest.skip("the Triton kernels serve CUDA tensors, or CPU ones under the interpreter")
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def calls(monkeypatch):
     """The number of times the kernels' forward op ran."""
     from crossent._backends._torch import _triton
 
-    module = _triton.KERNELS
+    module = _triton.CROSS_ENTROPY
     count = [0]
     op = module.cross_entropy_rows
 
@@ -65,47 +57,6 @@ def _inputs(device, shape, classes, dtype, seed=0, scale=3.0):
     if target.numel() > 2:
         target.view(-1)[1::4] = -100
     return logits.to(device), target.to(device)
-
-
-def _both(fn, *args, **kwargs):
-    """The loss and gradient on the kernels' route, and on the generic, standard-only path."""
-    out = []
-    for route in ("kernel", "generic"):
-        x = args[0].detach().clone().requires_grad_()
-        with generic_only() if route == "generic" else _nothing():
-            loss = fn(x, *args[1:], **kwargs)
-            upstream = torch.linspace(-1.0, 2.0, loss.numel(), device=x.device).reshape(loss.shape)
-            (grad,) = torch.autograd.grad(loss, x, upstream.to(loss.dtype))
-        out.append((loss.detach(), grad))
-    return out
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _ulp(dtype):
-    return float(torch.finfo(getattr(torch, dtype)).eps)
-
-
-def _check(actual, desired, dtype):
-    """float32: the generic path's value to 1e-6; half precision: to one unit (both are
-    float32 rounded once, after sums taken in their own orders). An entry that cancels
-    (softmax near 1, minus 1) is rounded relative to its terms: the tolerance is also
-    relative to the largest entry, as in ``test_backends``."""
-    a, d = actual.double().cpu(), desired.double().cpu()
-    assert actual.dtype == desired.dtype
-    assert torch.equal(torch.isnan(a), torch.isnan(d))
-    finite = ~torch.isnan(d)
-    rtol = 1e-6 if dtype == "float32" else _ulp(dtype)
-    scale = float(d[finite].abs().max()) if bool(finite.any()) else 0.0
-    error = (a[finite] - d[finite]).abs()
-    allowed = rtol * (d[finite].abs() + scale)
-    assert bool(error.le(allowed).all()), float((error - allowed).max())
 
 
 OPTIONS = [

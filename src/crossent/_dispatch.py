@@ -328,7 +328,8 @@ def entry(generic: Callable[..., Any]) -> Callable[[F], F]:
       before any preparation: for a loss that takes 70 microseconds, crossent's checks would
       otherwise cost more than the loss. The direct call declines (returns None) on anything
       it does not cover or that torch rejects, and the full path then runs and raises
-      crossent's errors.
+      crossent's errors. GPU tensors go to ``DEVICE_CALLS`` (the Triton kernels that read the
+      caller's dtypes) the same way.
     - NumPy does not warn about intended edge values: ``log(0) = -inf`` for a row of all
       ``-inf`` logits is a result, not an accident.
     """
@@ -338,9 +339,9 @@ def entry(generic: Callable[..., Any]) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if args and _is_torch_tensor(args[0]):
                 compiling = torch_compiling()
-                calls = _torch_direct_calls(compiling)  # loads the torch kernels, first
-                if args[0].is_cpu and (compiling or _FAST_PATHS.get()):
-                    direct = calls.get(generic)
+                cpu, accelerated = _torch_direct_calls(compiling)  # loads the torch kernels
+                if compiling or _FAST_PATHS.get():
+                    direct = (cpu if args[0].is_cpu else accelerated).get(generic)
                     if direct is not None:
                         try:
                             out = direct(*args, **kwargs)
@@ -358,20 +359,21 @@ def entry(generic: Callable[..., Any]) -> Callable[[F], F]:
     return decorate
 
 
-_DIRECT_CALLS: list[Kernels] = []  # torch's, once an eager torch tensor has come
+_DIRECT_CALLS: list[tuple[Kernels, Kernels]] = []  # torch's, once an eager tensor has come
 
 
-def _torch_direct_calls(compiling: bool) -> Kernels:
+def _torch_direct_calls(compiling: bool) -> tuple[Kernels, Kernels]:
+    """torch's direct calls of CPU tensors and of tensors on other devices."""
     if compiling:
         # Not the cache: a compiled graph would guard on it, and be compiled again once an
         # eager call fills it. The import costs only the trace.
         from ._backends import _torch
 
-        return _torch.DIRECT_CALLS
+        return _torch.DIRECT_CALLS, _torch.DEVICE_CALLS
     if not _DIRECT_CALLS:
         from ._backends import _torch
 
-        _DIRECT_CALLS.append(_torch.DIRECT_CALLS)
+        _DIRECT_CALLS.append((_torch.DIRECT_CALLS, _torch.DEVICE_CALLS))
     return _DIRECT_CALLS[0]
 
 

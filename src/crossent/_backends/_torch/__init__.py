@@ -5,18 +5,18 @@ trains exactly as ``F.cross_entropy`` does, at its speed. The arguments arrive p
 ``crossent._generic._problems``): class axis last, values checked.
 
 ``KERNELS`` replaces generic functions on prepared problems; ``DIRECT_CALLS`` replaces a whole
-public call on CPU tensors, before any preparation. The package is split by concern, each
-module importing only the generic layer, the checks and its siblings, never this one:
+public call on CPU tensors, before any preparation, and ``DEVICE_CALLS`` on GPU tensors. The
+package is split by concern, each module importing only the generic layer, the checks and its
+siblings, never this one:
 
 - ``_common``: what they all share (Dynamo's leave to trace ``array_api_compat``, given when
   the package is imported; the ``torch.func`` test; the dtypes and block sizes);
 - ``_functional``: torch's functions on prepared problems, and their compositions;
 - ``_half``: the eager, blocked half-precision ``autograd.Function``s;
 - ``_linear_autograd``: ``linear_cross_entropy``'s in-place chunks and ``autograd.Function``;
-- ``_direct``: the direct calls of CPU tensors.
-
-Kernels written for another compiler of torch tensors (a ``_triton/`` family of hand-written
-GPU kernels, say) go in a subpackage of their own beside these, and enter ``KERNELS`` here.
+- ``_direct``: the direct calls of CPU tensors (and the Triton ones of GPU tensors);
+- ``_triton``: the hand-written Triton kernels of GPU tensors, which the others call where they
+  serve.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._generic import _binary, _categorical, _linear, _softmax
-from ._direct import DIRECT_CALLS
+from ._direct import DEVICE_CALLS, DIRECT_CALLS
 from ._functional import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -44,7 +44,7 @@ from ._linear_autograd import (
 )
 
 # linear_autograd and LinearPass: _torch_distributed runs the Function over its sharded chunks
-__all__ = ["DIRECT_CALLS", "KERNELS", "LinearPass", "linear_autograd"]
+__all__ = ["DEVICE_CALLS", "DIRECT_CALLS", "KERNELS", "LinearPass", "linear_autograd"]
 
 KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
     _softmax.logsumexp: logsumexp,

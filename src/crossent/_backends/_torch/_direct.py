@@ -2,6 +2,8 @@
 
 ``DIRECT_CALLS`` maps the generic function of a public function to its direct call, which
 ``crossent._dispatch`` runs on the caller's arguments as given, before anything is checked.
+``DEVICE_CALLS`` does the same for tensors on other devices: the Triton kernels that read the
+caller's arrays in their own dtypes, which the full path would convert first.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from ..._validation import broadcasts_to
 from ._functional import _nll_class_last, _reduce_half_nll
 from ._half import _blocked_half_bce_with_logits
 from ._triton import INTERPRET as _TRITON_INTERPRET
+from ._triton import binary_cross_entropy_with_logits as _triton_bce_with_logits
 
 __all__ = [
+    "DEVICE_CALLS",
     "DIRECT_CALLS",
+    "device_binary_cross_entropy_with_logits",
     "direct_binary_cross_entropy",
     "direct_binary_cross_entropy_with_logits",
     "direct_cross_entropy",
@@ -228,6 +233,10 @@ def direct_binary_cross_entropy_with_logits(
     pos_weight: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> Array | None:
+    if _TRITON_INTERPRET:  # CPU tensors take the Triton kernel, under the interpreter
+        out = _triton_bce_with_logits(logits, target, weight, pos_weight, reduction)
+        if out is not None:
+            return out
     if weight is None and pos_weight is None and _plain(logits, -1, reduction):
         blocked = _blocked_half_bce_with_logits(logits, target, reduction)
         if blocked is not None:
@@ -242,10 +251,26 @@ def direct_binary_cross_entropy_with_logits(
     )
 
 
+def device_binary_cross_entropy_with_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> Array | None:
+    return _triton_bce_with_logits(logits, target, weight, pos_weight, reduction)
+
+
 #: The public function whose generic function is the key -> its direct call.
 DIRECT_CALLS: dict[Callable[..., Any], Callable[..., Any]] = {
     _categorical.cross_entropy: direct_cross_entropy,
     _categorical.nll_loss: direct_nll_loss,
     _binary.binary_cross_entropy: direct_binary_cross_entropy,
     _binary.binary_cross_entropy_with_logits: direct_binary_cross_entropy_with_logits,
+}
+
+#: The same for tensors on a GPU.
+DEVICE_CALLS: dict[Callable[..., Any], Callable[..., Any]] = {
+    _binary.binary_cross_entropy_with_logits: device_binary_cross_entropy_with_logits,
 }

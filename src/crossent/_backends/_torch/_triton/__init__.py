@@ -3,7 +3,10 @@ Liger-Kernel's ``ops/`` has them):
 
 - ``_cross_entropy``: ``cross_entropy`` of class indices, the loss of each row from one read of
   its logits (an online log-sum-exp in float32) and the gradient from one more read and one
-  write, as the custom ops ``crossent::cross_entropy_rows`` and its backward.
+  write, as the custom ops ``crossent::cross_entropy_rows`` and its backward;
+- ``_binary``: ``binary_cross_entropy_with_logits``, the logits and targets read in their own
+  dtypes (``crossent::binary_cross_entropy_with_logits`` and its backward);
+- ``_math``: the float32 functions they share, which compile and interpret alike.
 
 They serve CUDA tensors wherever ``triton`` can be imported (it ships with torch's CUDA
 wheels). With ``CROSSENT_TRITON_INTERPRET=1`` in the environment when crossent is imported,
@@ -11,7 +14,7 @@ CPU tensors take the same kernels under Triton's interpreter, which is how the t
 without a GPU: ``import crossent`` then sets ``TRITON_INTERPRET=1``, which Triton reads as it
 is imported, so Triton must not have been imported before crossent.
 
-Where ``triton`` is installed, the kernels' module is imported with this one (when crossent's
+Where ``triton`` is installed, the kernels' modules are imported with this one (when crossent's
 torch kernels load): Triton itself is imported by then, by ``torch._dynamo``. No state is kept
 after that, so that ``torch.compile`` traces the same code on every call.
 """
@@ -26,9 +29,16 @@ import torch
 
 from ...._generic._problems import Classes
 from ...._typing import Array
+from ...._validation import broadcasts_to
 from .._common import _transformed, _weighted_positions
 
-__all__ = ["INTERPRET", "cross_entropy", "serves"]
+__all__ = [
+    "INTERPRET",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "serves",
+    "serves_tensor",
+]
 
 #: Whether CPU tensors take the Triton kernels, under Triton's interpreter.
 INTERPRET = os.environ.get("CROSSENT_TRITON_INTERPRET", "") == "1"
@@ -51,28 +61,37 @@ def _interpret() -> None:
         )
 
 
-KERNELS: ModuleType | None = None  # the kernels' module, where triton is installed
+# The kernels' modules, where triton is installed
+CROSS_ENTROPY: ModuleType | None = None
+BINARY: ModuleType | None = None
 if _AVAILABLE:
     if INTERPRET:
         _interpret()
     try:
-        from . import _cross_entropy as KERNELS
+        from . import _binary as BINARY
+        from . import _cross_entropy as CROSS_ENTROPY
     except ImportError:  # a triton that does not import: torch's own kernels serve
         if INTERPRET:
             raise
+
+
+def serves_tensor(x: torch.Tensor) -> bool:
+    """Whether the kernels take ``x``'s device and dtype: float32 or half precision, on a CUDA
+    device (or on the CPU under the interpreter), with at least one element."""
+    if x.dtype not in _KERNEL_DTYPES or x.numel() == 0:
+        return False
+    kind = x.device.type
+    return kind == "cuda" or (INTERPRET and kind == "cpu")
 
 
 def serves(problem: Classes) -> bool:
     """Whether the Triton kernels compute this ``cross_entropy``: class indices of float32 or
     half-precision logits whose classes are contiguous, on a CUDA device (or on the CPU under
     the interpreter), outside ``torch.func`` transforms."""
-    if KERNELS is None or type(problem) is not Classes or not problem.index_target:
+    if CROSS_ENTROPY is None or type(problem) is not Classes or not problem.index_target:
         return False
     logits = problem.predictions
-    if logits.dtype not in _KERNEL_DTYPES or logits.numel() == 0:
-        return False
-    kind = logits.device.type
-    if not (kind == "cuda" or (INTERPRET and kind == "cpu")):
+    if not serves_tensor(logits):
         return False
     if logits.stride(-1) != 1 and logits.shape[-1] != 1:
         return False
@@ -90,8 +109,8 @@ def cross_entropy(problem: Classes, smoothing: float) -> Array:
     classes = logits.shape[-1]
     rows = logits.reshape(-1, classes)
     softcap = problem.softcap
-    assert KERNELS is not None
-    losses, _ = KERNELS.cross_entropy_rows(
+    assert CROSS_ENTROPY is not None
+    losses, _ = CROSS_ENTROPY.cross_entropy_rows(
         rows,
         problem.target.reshape(-1),
         problem.weight,
@@ -101,3 +120,43 @@ def cross_entropy(problem: Classes, smoothing: float) -> Array:
         float(problem.z_loss),
     )
     return _weighted_positions(problem, losses.reshape(problem.target.shape), picks_of(problem))
+
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def binary_cross_entropy_with_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    reduction: str,
+) -> Array | None:
+    """``binary_cross_entropy_with_logits`` of the caller's arguments, as given, where the
+    kernel serves them, else None: logits that :func:`serves_tensor` takes; a target of their
+    shape (floating, integer or bool), weights that broadcast to it (floating), all on their
+    device and none differentiated (the kernel differentiates the logits alone); a reduction
+    of torch's; no ``torch.func`` transform. What it declines, the full path computes, or
+    refuses with crossent's errors."""
+    if BINARY is None or not isinstance(logits, torch.Tensor) or not serves_tensor(logits):
+        return None
+    if type(reduction) is not str or reduction not in _REDUCTIONS:
+        return None
+    if not isinstance(target, torch.Tensor) or target.shape != logits.shape or target.is_complex():
+        return None
+    device = logits.device
+    for x, floating in ((target, False), (weight, True), (pos_weight, True)):
+        if x is None:
+            continue
+        if not isinstance(x, torch.Tensor) or x.device != device or x.requires_grad:
+            return None
+        if not (x.is_floating_point() or (not floating and not x.is_complex())):
+            return None
+        if not broadcasts_to(x.shape, logits.shape):
+            return None
+    if _transformed(logits, target, weight, pos_weight):
+        return None
+    out: torch.Tensor = BINARY.binary_cross_entropy_with_logits(
+        logits, target, weight, pos_weight, reduction
+    )
+    return out

@@ -29,49 +29,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ._math import _capped, _quiet, _rounded
+
 __all__ = ["cross_entropy_rows"]
 
 #: Classes per block of a row: the block the online log-sum-exp takes at a time.
 MAX_BLOCK = 4096
-
-
-@triton.jit
-def _tanh(u):
-    """tanh in float32 from ``exp`` alone (Triton's interpreter has no libdevice): Cephes'
-    ``tanhf``, an odd polynomial below 0.625, ``1 - 2 / (exp(2|u|) + 1)`` above (1.6 units in
-    the last place at most, against float64's tanh)."""
-    a = tl.abs(u)
-    z = u * u
-    small = (
-        (
-            ((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z
-            + 1.33314422036e-1
-        )
-        * z
-        - 3.33332819422e-1
-    ) * z * u + u
-    large = 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)
-    large = tl.where(u < 0.0, -large, large)
-    return tl.where(a < 0.625, small, large)
-
-
-@triton.jit
-def _capped(x, softcap, HAS_SOFTCAP: tl.constexpr):
-    if HAS_SOFTCAP:
-        x = softcap * _tanh(x / softcap)
-    return x
-
-
-@triton.jit
-def _rounded(v, dtype: tl.constexpr):
-    """float32 ``v`` in ``dtype``, rounded to nearest, ties to even. bfloat16's by its bits:
-    the same code compiled and interpreted (the interpreter's own conversion truncates)."""
-    if dtype == tl.bfloat16:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-        bits = tl.where(v != v, 0x7FC0, bits)  # NaN stays NaN (a carry could make it -0)
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return v.to(dtype)
 
 
 @triton.jit
@@ -176,16 +139,6 @@ def _rows(
         tl.store(out_ptr + row, tl.where(kept, loss, 0.0))
         tl.store(stats_ptr + 2 * row, m)
         tl.store(stats_ptr + 2 * row + 1, log_d)
-
-
-def _quiet(x: torch.Tensor) -> Any:
-    """NumPy's floating-point warnings off where the interpreter runs a kernel on CPU tensors:
-    ``inf - inf`` in a lane that a ``where`` then drops is a result, not an accident."""
-    import contextlib
-
-    import numpy as np
-
-    return np.errstate(all="ignore") if x.device.type == "cpu" else contextlib.nullcontext()
 
 
 def _block(classes: int) -> int:
