@@ -247,3 +247,19 @@ def test_what_the_kernels_leave_to_torch(device, calls):
         strided, torch.zeros((4, 3), dtype=torch.int64, device=device)
     )
     torch.testing.assert_close(loss, expected)
+
+
+def test_every_kernel_compiles_for_a_gpu():
+    # the lowering the interpreter skips: each kernel's specializations compiled for an H100
+    # (tests/triton_lowering.py), in a process without the interpreter's switches
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if "TRITON_INTERPRET" not in k}
+    script = Path(__file__).with_name("triton_lowering.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "90"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
