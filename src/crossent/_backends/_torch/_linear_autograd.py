@@ -16,6 +16,9 @@ from ..._generic._categorical import IndexTerms
 from ..._generic._linear import Linear
 from ..._typing import Array
 from ._common import _FLOATS, _transformed
+from ._triton import linear_cross_entropy as _triton_linear
+from ._triton import linear_cross_entropy_value_and_grad as _triton_linear_value_and_grad
+from ._triton import serves_linear as _triton_serves_linear
 
 __all__ = [
     "LinearPass",
@@ -210,12 +213,27 @@ def linear_autograd(
     differentiable = [x for x in (problem.hidden, problem.weight, problem.bias) if x is not None]
     if _transformed(*differentiable, problem.target, problem.class_weight, problem.sample_weight):
         return None
-    if not torch.is_grad_enabled() or not any(x.requires_grad for x in differentiable):
+    differentiated = torch.is_grad_enabled() and any(x.requires_grad for x in differentiable)
+    if run is None and _triton_serves_linear(problem):  # CUDA tensors where Triton is installed
+        if differentiated:
+            _refuse_differentiated_targets(problem)
+        return _triton_linear(problem, smoothing)
+    if not differentiated:
         # evaluation (no_grad, inference_mode, frozen weights): the losses alone
         with torch.no_grad():
             passed = _linear_pass if run is None else run
             losses = passed(problem, smoothing, _linear.NO_GRADIENTS, None)[0]
             return problem.reduce_losses(losses)
+    _refuse_differentiated_targets(problem)
+    # no run passed where there is none: torch.compile traces the plain call
+    args = (problem.hidden, problem.weight, problem.bias, problem, smoothing) + (
+        () if run is None else (run,)
+    )
+    out: torch.Tensor = _LinearCrossEntropy.apply(*args)
+    return out
+
+
+def _refuse_differentiated_targets(problem: Linear) -> None:
     named = (("target", problem.target), ("class_weight", problem.class_weight))
     for name, x in (*named, ("sample_weight", problem.sample_weight)):
         if x is not None and x.requires_grad:
@@ -223,12 +241,6 @@ def linear_autograd(
                 f"linear_cross_entropy is differentiated in hidden, weight and bias only, not "
                 f"in its {name}; pass {name}.detach()"
             )
-    # no run passed where there is none: torch.compile traces the plain call
-    args = (problem.hidden, problem.weight, problem.bias, problem, smoothing) + (
-        () if run is None else (run,)
-    )
-    out: torch.Tensor = _LinearCrossEntropy.apply(*args)
-    return out
 
 
 def linear_cross_entropy(problem: Linear, smoothing: float) -> Array | None:
@@ -238,6 +250,8 @@ def linear_cross_entropy(problem: Linear, smoothing: float) -> Array | None:
 def linear_cross_entropy_value_and_grad(
     problem: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
 ) -> tuple[Array, tuple[Array | None, ...]]:
+    if _triton_serves_linear(problem):
+        return _triton_linear_value_and_grad(problem, smoothing, wanted)
     with torch.no_grad():
         losses, *gradients = _linear_pass(
             problem, smoothing, wanted, _linear.gradient_factor(problem)

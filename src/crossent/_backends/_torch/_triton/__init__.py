@@ -6,6 +6,9 @@ Liger-Kernel's ``ops/`` has them):
   write, as the custom ops ``crossent::cross_entropy_rows`` and its backward;
 - ``_binary``: ``binary_cross_entropy_with_logits``, the logits and targets read in their own
   dtypes (``crossent::binary_cross_entropy_with_logits`` and its backward);
+- ``_linear`` and ``_linear_backward``: ``linear_cross_entropy`` of class indices, each block
+  of logits made and used on chip, never the whole (``crossent::linear_cross_entropy_rows``
+  and its backward);
 - ``_math``: the float32 functions they share, which compile and interpret alike.
 
 They serve CUDA tensors wherever ``triton`` can be imported (it ships with torch's CUDA
@@ -27,6 +30,7 @@ from types import ModuleType
 
 import torch
 
+from ...._generic._linear import Linear, finish_gradients, gradient_factor
 from ...._generic._problems import Classes
 from ...._typing import Array
 from ...._validation import broadcasts_to
@@ -36,7 +40,10 @@ __all__ = [
     "INTERPRET",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "linear_cross_entropy",
+    "linear_cross_entropy_value_and_grad",
     "serves",
+    "serves_linear",
     "serves_tensor",
 ]
 
@@ -64,12 +71,16 @@ def _interpret() -> None:
 # The kernels' modules, where triton is installed
 CROSS_ENTROPY: ModuleType | None = None
 BINARY: ModuleType | None = None
+LINEAR: ModuleType | None = None
+LINEAR_BACKWARD: ModuleType | None = None  # which registers the forward op's autograd
 if _AVAILABLE:
     if INTERPRET:
         _interpret()
     try:
         from . import _binary as BINARY
         from . import _cross_entropy as CROSS_ENTROPY
+        from . import _linear as LINEAR
+        from . import _linear_backward as LINEAR_BACKWARD
     except ImportError:  # a triton that does not import: torch's own kernels serve
         if INTERPRET:
             raise
@@ -160,3 +171,75 @@ def binary_cross_entropy_with_logits(
         logits, target, weight, pos_weight, reduction
     )
     return out
+
+
+def serves_linear(problem: Linear) -> bool:
+    """Whether the Triton kernels compute this ``linear_cross_entropy``: class indices, hidden
+    states that :func:`serves_tensor` takes, at least one class, outside ``torch.func``
+    transforms (``weight`` and ``bias`` have ``hidden``'s dtype and device: crossent checked)."""
+    if LINEAR is None or not problem.index_target or problem.num_classes == 0:
+        return False
+    if not serves_tensor(problem.hidden):
+        return False
+    return not _transformed(
+        problem.hidden,
+        problem.weight,
+        problem.bias,
+        problem.target,
+        problem.class_weight,
+        problem.sample_weight,
+    )
+
+
+def _linear_rows(problem: Linear, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    softcap = problem.softcap
+    assert LINEAR is not None
+    out: tuple[torch.Tensor, torch.Tensor] = LINEAR.linear_cross_entropy_rows(
+        problem.hidden,
+        problem.weight,
+        problem.bias,
+        problem.target,
+        problem.class_weight,
+        problem.ignore_index,
+        float(smoothing),
+        None if softcap is None else float(softcap),
+        float(problem.z_loss),
+    )
+    return out
+
+
+def linear_cross_entropy(problem: Linear, smoothing: float) -> Array:
+    """``linear_cross_entropy`` of a problem that :func:`serves_linear` accepts: each
+    position's loss from the kernels (float32), weighted and reduced by torch's operations,
+    whose gradient reaches the kernels' backward as each row's factor."""
+    return problem.reduce_losses(_linear_rows(problem, smoothing)[0])
+
+
+def linear_cross_entropy_value_and_grad(
+    problem: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
+) -> tuple[Array, tuple[Array | None, ...]]:
+    """The reduced loss and the gradients ``wanted``, from the forward op and then the
+    backward op with each row's factor of the reduction (no autograd graph)."""
+    assert LINEAR_BACKWARD is not None
+    with torch.no_grad():
+        losses, stats = _linear_rows(problem, smoothing)
+        value = problem.reduce_losses(losses)
+        factor = gradient_factor(problem)  # None (1), or a tensor of one or N elements
+        rows = torch.ones_like(losses) if factor is None else factor * torch.ones_like(losses)
+        softcap = problem.softcap
+        grads = LINEAR_BACKWARD.linear_cross_entropy_rows_backward(
+            problem.hidden,
+            problem.weight,
+            problem.bias,
+            problem.target,
+            problem.class_weight,
+            stats,
+            rows,
+            problem.ignore_index,
+            float(smoothing),
+            None if softcap is None else float(softcap),
+            float(problem.z_loss),
+            list(wanted),
+        )
+        kept = [g if want else None for g, want in zip(grads, wanted, strict=True)]
+        return value, finish_gradients(problem, wanted, *kept)
