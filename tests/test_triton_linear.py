@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -159,6 +162,59 @@ def test_nan_in_hidden_and_masked_classes(device, calls):
     assert not bool(torch.isnan(loss[[0, 1, 2, 3, 5]]).any())
     _close(loss, expected, "float32", "loss")
     _close(grads[0], expected_grads[0], "float32", "hidden")
+
+
+SPECIALS = [math.nan, math.inf, -math.inf]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hidden_specials=st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 15), st.sampled_from(SPECIALS)), max_size=3
+    ),
+    bias_specials=st.lists(st.tuples(st.integers(0, 19), st.sampled_from(SPECIALS)), max_size=2),
+    smoothing=st.sampled_from([0.0, 0.1]),
+)
+def test_nan_and_inf_propagate_as_the_generic_path(
+    device, hidden_specials, bias_specials, smoothing, calls
+):
+    # a NaN or an infinity in hidden or the bias reaches each loss and gradient as it reaches
+    # the generic path's (the dense logits' arithmetic): NaN where it is NaN, the same elsewhere
+    hidden, weight, target, bias = _inputs(device, (6,), 16, 20, "float32", bias=True)
+    for row, col, value in hidden_specials:
+        hidden[row, col] = value
+    for col, value in bias_specials:
+        bias[col] = value
+    loss, grads = _run(hidden, weight, target, bias, reduction="none", label_smoothing=smoothing)
+    assert calls[0] >= 1  # Hypothesis calls the test function many times
+    with generic_only():
+        expected, expected_grads = _run(
+            hidden, weight, target, bias, reduction="none", label_smoothing=smoothing
+        )
+    for name, a, d in zip(("loss", "hidden", "weight", "bias"), (loss, *grads),
+                          (expected, *expected_grads), strict=True):  # fmt: skip
+        a, d = a.detach().cpu().double().numpy(), d.detach().cpu().double().numpy()
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(d), err_msg=name)
+        kept = ~np.isnan(d)
+        np.testing.assert_allclose(a[kept], d[kept], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_half_precision_is_float32_rounded_once(device, dtype, reduction):
+    # the loss of the dense logits (h W^T + b rounded once to the dtype, as F.linear makes them)
+    # within half a unit of its float64 value, but for float32's own rounding
+    hidden, weight, target, bias = _inputs(device, (33,), 48, 70, dtype, bias=True, seed=3)
+    loss = crossent.linear_cross_entropy(
+        hidden, weight, target, bias=bias, reduction=reduction, label_smoothing=0.1
+    )
+    logits = (hidden.double() @ weight.double().T + bias.double()).to(hidden.dtype).double()
+    exact = torch.nn.functional.cross_entropy(
+        logits, target, reduction=reduction, label_smoothing=0.1
+    )
+    assert loss.dtype == hidden.dtype
+    unit = float(torch.finfo(hidden.dtype).eps) * abs(float(exact))
+    assert abs(float(loss) - float(exact)) <= 0.5 * unit * (1 + 1e-2) + 1e-6 * abs(float(exact))
 
 
 def test_every_position_ignored(device, calls):
