@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from conftest import SESSION
 
-if SESSION.backend != "jax":
+if SESSION.module != "jax.numpy":  # jax, and jax-pallas (the Pallas kernels)
     pytest.skip("sharding over a device mesh: JAX only", allow_module_level=True)
 
 import jax

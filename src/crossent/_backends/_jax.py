@@ -34,6 +34,11 @@ from .._generic._linear import Linear
 from .._generic._problems import Problem
 from .._typing import Array
 
+try:
+    from . import _pallas
+except ImportError:  # a jax without Pallas: the scan serves
+    _pallas = None  # type: ignore[assignment]
+
 __all__ = ["KERNELS", "kernels"]
 
 
@@ -295,6 +300,14 @@ def _linear_problem(problem: Linear, arrays: tuple[Any, ...]) -> Linear:
 _NOT_DIFFERENTIATED = ("target", "class_weight", "sample_weight")
 
 
+def _linear_pass(problem: Linear) -> Callable[..., Any]:
+    """What computes the positions' losses and gradients: the Pallas kernels where they serve
+    (a GPU, or the CPU under ``CROSSENT_PALLAS_INTERPRET=1``), else :func:`_linear_scan`."""
+    if _pallas is not None and _pallas.serves(problem):
+        return _pallas.linear_pass
+    return _linear_scan
+
+
 def linear_cross_entropy(problem: Linear, smoothing: float) -> Array:
     """The scan of chunks in a ``jax.custom_vjp``: with a scalar reduction the forward pass of
     ``jax.grad`` computes the gradients from the logits it makes anyway, and the backward pass
@@ -302,8 +315,10 @@ def linear_cross_entropy(problem: Linear, smoothing: float) -> Array:
     times its positions' upstream gradients. Only the arguments that ``jax.grad`` asks for
     get a gradient computed (``symbolic_zeros``)."""
 
+    run = _linear_pass(problem)
+
     def value(q: Linear) -> Array:
-        return q.reduce_losses(_linear_scan(q, smoothing, _linear.NO_GRADIENTS, None)[0])
+        return q.reduce_losses(run(q, smoothing, _linear.NO_GRADIENTS, None)[0])
 
     @jax.custom_vjp
     def compute(*arrays: Any) -> Array:
@@ -325,7 +340,7 @@ def linear_cross_entropy(problem: Linear, smoothing: float) -> Array:
         half = q.compute_dtype != q.dtype
         if q.reduction == "none" or not any(wanted) or half:
             return value(q), (arrays, wanted, None)
-        losses, *gradients = _linear_scan(q, smoothing, wanted, _linear.gradient_factor(q))
+        losses, *gradients = run(q, smoothing, wanted, _linear.gradient_factor(q))
         return q.reduce_losses(losses), (arrays, wanted, gradients)
 
     def backward(residuals: Any, upstream: Array) -> tuple[Any, ...]:
@@ -335,7 +350,7 @@ def linear_cross_entropy(problem: Linear, smoothing: float) -> Array:
         q = _linear_problem(problem, arrays)
         if gradients is None:
             factor = _linear.upstream_factor(q, upstream)
-            _, *gradients = _linear_scan(q, smoothing, wanted, factor)
+            _, *gradients = run(q, smoothing, wanted, factor)
         else:
             scale = upstream.astype(q.compute_dtype)
             gradients = [None if g is None else g * scale for g in gradients]
@@ -361,7 +376,8 @@ def linear_cross_entropy(problem: Linear, smoothing: float) -> Array:
 def linear_cross_entropy_value_and_grad(
     problem: Linear, smoothing: float, wanted: tuple[bool, bool, bool]
 ) -> tuple[Array, tuple[Array | None, ...]]:
-    losses, *gradients = _linear_scan(problem, smoothing, wanted, _linear.gradient_factor(problem))
+    run = _linear_pass(problem)
+    losses, *gradients = run(problem, smoothing, wanted, _linear.gradient_factor(problem))
     value = problem.reduce_losses(losses)
     return value, _linear.finish_gradients(problem, wanted, *gradients)
 
