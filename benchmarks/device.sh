@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Everything a lent CUDA machine is for, in one call of the device tool (15 minutes in all per
-# session): the Triton kernels compiled for real and tested, a quick CUDA sample of the suite,
-# then benchmarks/gpu.py. Logs and results go under $OUT; the last lines printed are a summary.
+# Everything a lent CUDA machine is for (15 minutes in all per session), in two calls of the
+# device tool: the Triton and Pallas kernels compiled for real and tested, a quick CUDA sample
+# of the suite, then benchmarks/gpu.py. Logs and results go under $OUT; the last lines
+# printed are a summary.
 #
 # The device machine has no package index, and its own python3 (torch, triton, JAX, CuPy,
 # pytest, hypothesis): it lacks array-api-compat, and the peers liger-kernel and
 # cut-cross-entropy. Put their wheels in .whl/ (ignored by git) and carry it:
 #
 #   pip download --no-deps -d .whl array-api-compat liger-kernel cut-cross-entropy
-#   run(command="bash benchmarks/device.sh", carry=[".whl"], timeout_s=560)
+#   run(command="bash benchmarks/device.sh tests", carry=[".whl"], timeout_s=500)
+#   run(command="bash benchmarks/device.sh bench", carry=[".whl"], timeout_s=560)
 #
-# Each step has its own time limit, so that a slow one cannot take the rest with it; the whole
-# takes at most about 9 minutes. BUDGET_TESTS and BUDGET_BENCH (seconds) change them.
+# (a command runs for at most 10 minutes: the tests, then the benchmarks, each fit one; with no
+# argument both run). Each step has its own time limit, so that a slow one cannot take the
+# rest with it: BUDGET_TESTS (each of three test steps, 140 s) and BUDGET_BENCH (540 s). gpu.py
+# prints each row as it is measured, so a cut run still leaves its rows in gpu-bench.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PART=${1:-all}
 OUT=${OUT:-/tmp/crossent-device}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
@@ -39,18 +44,26 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_dev
 print("triton", triton.__version__, "array-api-compat", array_api_compat.__version__)
 EOF
 
-# 1. The kernels' own tests, compiled on the GPU (every option, NaN/inf, half precision,
-#    compile and export), then the quick CUDA sample: the torch-triton backend file's sample of
-#    the suite, on the GPU. -x: the first failure is named in the log's last lines.
-export CROSSENT_BACKEND=torch CROSSENT_DEVICE=cuda
-step triton-tests "${BUDGET_TESTS:-150}" $PY -m pytest -q -x -p no:cacheprovider -p no:benchmark \
-    tests/test_triton.py tests/test_triton_binary.py tests/test_triton_linear.py
-step cuda-sample "${BUDGET_TESTS:-150}" $PY -m pytest -q -p no:cacheprovider -p no:benchmark -n 8 \
-    tests/test_categorical.py tests/test_binary.py tests/test_linear.py tests/test_half.py \
-    tests/test_nan_inf.py -k "cross_entropy or CrossEntropy or with_logits or linear"
-
-# 2. crossent against F.cross_entropy, the dense linear loss, Liger-Kernel and Cut
-#    Cross-Entropy: times, TB/s or TFLOP/s, and peak memory (benchmarks/results-cuda.json).
-step gpu-bench "${BUDGET_BENCH:-300}" $PY benchmarks/gpu.py --pairs 5 --output "$OUT/results-cuda.json"
+if [[ $PART == all || $PART == tests ]]; then
+    # 1. The kernels' own tests, compiled on the GPU (every option, NaN/inf, half precision,
+    #    compile and export; the Pallas kernels' under JAX), then the quick CUDA sample: the
+    #    torch-triton backend file's sample of the suite, on the GPU. -x: the first failure is
+    #    named in the log's last lines.
+    export CROSSENT_DEVICE=cuda
+    pytest=($PY -m pytest -q -p no:cacheprovider -p no:benchmark)
+    step triton-tests "${BUDGET_TESTS:-140}" env CROSSENT_BACKEND=torch "${pytest[@]}" -x \
+        tests/test_triton.py tests/test_triton_binary.py tests/test_triton_linear.py
+    step pallas-tests "${BUDGET_TESTS:-140}" env CROSSENT_BACKEND=jax "${pytest[@]}" -x \
+        tests/test_pallas.py
+    step cuda-sample "${BUDGET_TESTS:-140}" env CROSSENT_BACKEND=torch "${pytest[@]}" -n 8 \
+        tests/test_categorical.py tests/test_binary.py tests/test_linear.py tests/test_half.py \
+        tests/test_nan_inf.py -k "cross_entropy or CrossEntropy or with_logits or linear"
+fi
+if [[ $PART == all || $PART == bench ]]; then
+    # 2. crossent against F.cross_entropy, the dense linear loss, Liger-Kernel and Cut
+    #    Cross-Entropy, optax and CuPy: times, TB/s or TFLOP/s, and peak memory.
+    step gpu-bench "${BUDGET_BENCH:-540}" $PY benchmarks/gpu.py --pairs 5 \
+        --output "$OUT/results-cuda.json"
+fi
 
 printf '%s\n' "${summary[@]}"

@@ -228,3 +228,23 @@ def test_what_the_kernels_leave_to_the_scan(device, calls):
     probabilities = jax.nn.softmax(jnp.asarray(np.random.default_rng(1).random((6, 10))))
     crossent.linear_cross_entropy(hidden, weight, jax.device_put(probabilities, device))
     assert calls[0] == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_kernels_lower_for_a_gpu(device, dtype):
+    # the lowering the interpreter skips: jit(value_and_grad) exported for CUDA has both
+    # kernels as Triton calls (the check refusing Triton calls in an export is the only one off)
+    from jax import export
+
+    hidden, weight, target, bias = _inputs(device, (40,), 64, 300, dtype, bias=True)
+
+    def step(h, w, b):
+        return crossent.linear_cross_entropy(h, w, target, bias=b, label_smoothing=0.1)
+
+    exported = export.export(
+        jax.jit(jax.value_and_grad(step, argnums=(0, 1, 2))),
+        platforms=["cuda"],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(hidden, weight, bias)
+    calls = [line for line in exported.mlir_module().splitlines() if "xla.gpu.triton" in line]
+    assert len(calls) >= 2, "the forward and backward kernels"
