@@ -22,7 +22,10 @@ pytest.importorskip("triton")
 
 from triton_support import both as _both  # noqa: E402
 from triton_support import check as _check  # noqa: E402
-from triton_support import served  # noqa: E402, F401 (autouse)
+from triton_support import (  # noqa: E402
+    count_calls,
+    served,  # noqa: F401 (autouse)
+)
 from triton_support import ulp as _ulp  # noqa: E402
 
 import crossent  # noqa: E402
@@ -33,16 +36,7 @@ def calls(monkeypatch):
     """The number of times the kernels' forward op ran."""
     from crossent._backends._torch import _triton
 
-    module = _triton.CROSS_ENTROPY
-    count = [0]
-    op = module.cross_entropy_rows
-
-    def counted(*args, **kwargs):
-        count[0] += 1
-        return op(*args, **kwargs)
-
-    monkeypatch.setattr(module, "cross_entropy_rows", counted)
-    return count
+    return count_calls(monkeypatch, _triton.CROSS_ENTROPY, "cross_entropy_rows")
 
 
 DTYPES = {"float32": 1e-6, "float16": None, "bfloat16": None}

@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 from triton_support import (  # noqa: E402
     both,
     check,
+    count_calls,
     served,  # noqa: F401 (autouse)
     ulp,
 )
@@ -36,16 +37,7 @@ def calls(monkeypatch):
     """The number of times the kernel's route ran."""
     from crossent._backends._torch import _triton
 
-    module = _triton.BINARY
-    count = [0]
-    op = module.binary_cross_entropy_with_logits
-
-    def counted(*args, **kwargs):
-        count[0] += 1
-        return op(*args, **kwargs)
-
-    monkeypatch.setattr(module, "binary_cross_entropy_with_logits", counted)
-    return count
+    return count_calls(monkeypatch, _triton.BINARY, "binary_cross_entropy_with_logits")
 
 
 def _inputs(device, shape, dtype, seed=0, scale=6.0, target="float"):

@@ -18,7 +18,10 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from triton_support import served  # noqa: E402, F401 (autouse)
+from triton_support import (  # noqa: E402
+    count_calls,
+    served,  # noqa: F401 (autouse)
+)
 
 import crossent  # noqa: E402
 from crossent._dispatch import generic_only  # noqa: E402
@@ -29,15 +32,7 @@ def calls(monkeypatch):
     """The number of times the kernels' forward op ran."""
     from crossent._backends._torch import _triton
 
-    count = [0]
-    op = _triton.LINEAR.linear_cross_entropy_rows
-
-    def counted(*args, **kwargs):
-        count[0] += 1
-        return op(*args, **kwargs)
-
-    monkeypatch.setattr(_triton.LINEAR, "linear_cross_entropy_rows", counted)
-    return count
+    return count_calls(monkeypatch, _triton.LINEAR, "linear_cross_entropy_rows")
 
 
 def _inputs(device, positions, dim, classes, dtype, *, bias=False, seed=0):

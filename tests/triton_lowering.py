@@ -113,12 +113,13 @@ def linear() -> Iterator[Launch]:
     import torch
 
     from crossent._backends._torch._triton import _linear, _linear_backward
+    from crossent._generic._tiles import GROUP, tile_plan
 
     options = ("HAS_BIAS", "HAS_WEIGHT", "HAS_SOFTCAP", "SMOOTHING")
     for dtype, rows, on in itertools.product(
         (torch.bfloat16, torch.float32), (64, 1024), (False, True)
     ):
-        plan = _linear.plan(rows, 4096, 128256, "cuda", dtype)
+        plan = tile_plan(rows, 128256, float32=dtype == torch.float32, interpret=False)
         flags = dict.fromkeys(options, on)
         want = {"WANT_H": True, "WANT_W": True, "WANT_B": on}
         launches = [
@@ -127,7 +128,7 @@ def linear() -> Iterator[Launch]:
         ]
         for fn, blocks, flagged in launches:
             constexprs = {
-                **flagged, "UPCAST": False, "GROUP": _linear.GROUP,
+                **flagged, "UPCAST": False, "GROUP": GROUP,
                 "BLOCK_N": blocks.rows, "BLOCK_V": blocks.classes, "BLOCK_D": blocks.depth,
             }  # fmt: skip
             types = _linear_types(fn, dtype, flagged)

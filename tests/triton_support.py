@@ -23,6 +23,20 @@ def served(xp, device):
         pytest.skip("the Triton kernels serve CUDA tensors, or CPU ones under the interpreter")
 
 
+def count_calls(monkeypatch, owner, name):
+    """A list whose one element counts the calls of ``owner.name`` from now on (the kernels'
+    entry point, which their callers look up as an attribute at each call)."""
+    count = [0]
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return count
+
+
 def both(fn, *args, **kwargs):
     """The loss and gradient on the kernels' route, and on the generic, standard-only path."""
     out = []

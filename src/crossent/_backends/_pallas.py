@@ -47,6 +47,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from .._generic._linear import Linear
+from .._generic._tiles import GROUP, Blocks, Plan, tile_plan
 
 __all__ = ["INTERPRET", "linear_pass", "serves"]
 
@@ -54,27 +55,7 @@ __all__ = ["INTERPRET", "linear_pass", "serves"]
 INTERPRET = os.environ.get("CROSSENT_PALLAS_INTERPRET", "") == "1"
 _DTYPES = frozenset(jnp.dtype(t) for t in (jnp.float32, jnp.float16, jnp.bfloat16))
 _GPU_PLATFORMS = ("gpu", "cuda", "rocm")
-#: Programs the forward's grid aims at per multiprocessor, and row blocks per group of the
-#: launch order (programs of a group share their blocks of the weight in L2).
-PROGRAMS_PER_PROCESSOR = 4
-GROUP = 8
 _F32 = jnp.float32
-
-
-class Blocks(NamedTuple):
-    rows: int  # BLOCK_N
-    classes: int  # BLOCK_V
-    depth: int  # BLOCK_D
-    warps: int
-    stages: int
-
-
-class Plan(NamedTuple):
-    forward: Blocks
-    #: Runs of vocabulary blocks per block of rows in the forward, and blocks per run.
-    splits: int
-    blocks_per_split: int
-    backward: Blocks
 
 
 def _processors() -> int:
@@ -86,23 +67,10 @@ def _processors() -> int:
 
 
 def plan(rows: int, classes: int, dtype: Any, interpret: bool) -> Plan:
-    """Block sizes and the forward's splits. On a GPU, 128 x 128 tiles of logits (64 rows for
-    few), ``BLOCK_D`` 64 (32 in float32, whose operands take twice the shared memory), 8 warps,
-    3 stages forward and 2 backward, and enough splits of the vocabulary for
-    ``PROGRAMS_PER_PROCESSOR`` programs a multiprocessor. Under the interpreter, 16s and runs
-    of two blocks, so that small tests go through both the in-run and the cross-run rescaling."""
-    if interpret:
-        forward = backward = Blocks(16, 16, 16, 1, 1)
-        per_split = 2
-    else:
-        n = 64 if rows <= 64 else 128
-        depth = 32 if jnp.dtype(dtype) == jnp.float32 else 64
-        forward, backward = Blocks(n, 128, depth, 8, 3), Blocks(n, 128, depth, 8, 2)
-        splits = pl.cdiv(PROGRAMS_PER_PROCESSOR * _processors(), pl.cdiv(rows, n))
-        per_split = pl.cdiv(pl.cdiv(classes, forward.classes), splits)
-    per_split = max(per_split, 1)
-    splits = max(pl.cdiv(pl.cdiv(classes, forward.classes), per_split), 1)
-    return Plan(forward, splits, per_split, backward)
+    """The tiles (``_generic._tiles``), with the GPU's multiprocessors."""
+    float32 = jnp.dtype(dtype) == jnp.float32
+    processors = 1 if interpret else _processors()
+    return tile_plan(rows, classes, float32=float32, interpret=interpret, processors=processors)
 
 
 def _platforms(x: Any) -> set[str]:

@@ -46,6 +46,23 @@ def _total(total_ptr, n_cols, HAS_WEIGHT: tl.constexpr):
 
 
 @triton.jit
+def _gradient(
+    x, p, at_target, p_coefficient, target_coefficient, w, smoothing, n_cols, softcap,
+    SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+):  # fmt: skip
+    """The gradient of a row's loss in its (capped) logits ``x``, before the row's factor:
+    ``p_coefficient p - [c = y] target_coefficient - (eps / C) w_c``, times ``1 - tanh^2``
+    of the capped logit under ``softcap``; ``_linear_backward`` computes its blocks with it."""
+    dx = p_coefficient * p - tl.where(at_target, target_coefficient, 0.0)
+    if SMOOTHING:
+        dx -= smoothing / n_cols * w
+    if HAS_SOFTCAP:
+        t = x / softcap
+        dx *= (1.0 - t) * (1.0 + t)
+    return dx
+
+
+@triton.jit
 def _rows(
     logits_ptr,
     row_stride,
@@ -94,13 +111,13 @@ def _rows(
             raw = tl.load(base + cols, mask=inside, other=0.0).to(tl.float32)
             x = _capped(raw, softcap, HAS_SOFTCAP)
             p = tl.exp((x - m) - log_d)  # as log_softmax: exact for large logits
-            dx = p_coefficient * p - tl.where(cols == safe, target_coefficient, 0.0)
-            if SMOOTHING:
-                w = tl.load(weight_ptr + cols, mask=inside, other=0.0) if HAS_WEIGHT else 1.0
-                dx -= smoothing / n_cols * w
-            if HAS_SOFTCAP:
-                t = x / softcap
-                dx *= (1.0 - t) * (1.0 + t)
+            w = 1.0
+            if SMOOTHING and HAS_WEIGHT:
+                w = tl.load(weight_ptr + cols, mask=inside, other=0.0)
+            dx = _gradient(
+                x, p, cols == safe, p_coefficient, target_coefficient, w, smoothing, n_cols,
+                softcap, SMOOTHING, HAS_SOFTCAP,
+            )  # fmt: skip
             tl.store(out + cols, _rounded(g * dx, out_ptr.dtype.element_ty), mask=inside)
     else:
         m = float("-inf")  # the running maximum

@@ -36,60 +36,28 @@ rows' stride) that is a multiple of 16; another ``D`` is computed alike, more sl
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from ...._generic._tiles import GROUP, Plan, tile_plan
 from ._math import _capped, _quiet, _rounded
 
-__all__ = ["Plan", "linear_cross_entropy_rows", "plan"]
-
-#: Programs the forward's grid aims at per multiprocessor, and row blocks per group of the
-#: launch order (programs of a group share their rows of ``hidden`` in L2).
-PROGRAMS_PER_PROCESSOR = 4
-GROUP = 8
+__all__ = ["linear_cross_entropy_rows", "plan"]
 
 
-class Blocks(NamedTuple):
-    rows: int  # BLOCK_N
-    classes: int  # BLOCK_V
-    depth: int  # BLOCK_D
-    warps: int
-    stages: int
-
-
-class Plan(NamedTuple):
-    forward: Blocks
-    #: Runs of vocabulary blocks per block of rows in the forward, and blocks per run.
-    splits: int
-    blocks_per_split: int
-    backward: Blocks
-
-
-def plan(
-    rows: int, dim: int, classes: int, device_type: str, dtype: torch.dtype, processors: int = 132
-) -> Plan:
-    """Block sizes and the forward's splits. On a GPU, 128 x 128 tiles of logits (64 rows for
-    few), ``BLOCK_D`` 64 (32 in float32, whose operands take twice the shared memory), and
-    enough splits of the vocabulary for ``PROGRAMS_PER_PROCESSOR`` programs a multiprocessor
-    (at most one per vocabulary block). Under the interpreter (``"cpu"``), 16s and runs of two
-    blocks, so that small tests go through both the in-run and the cross-run rescaling."""
-    if device_type == "cpu":
-        forward = backward = Blocks(16, 16, 16, 1, 1)
-        per_split = 2
-    else:
-        n = 64 if rows <= 64 else 128
-        depth = 32 if dtype == torch.float32 else 64
-        forward = Blocks(n, 128, depth, 8, 3)
-        backward = Blocks(n, 128, depth, 8, 2)
-        row_blocks = triton.cdiv(rows, n)
-        splits = triton.cdiv(PROGRAMS_PER_PROCESSOR * processors, row_blocks)
-        per_split = triton.cdiv(triton.cdiv(classes, forward.classes), splits)
-    per_split = max(per_split, 1)
-    splits = max(triton.cdiv(triton.cdiv(classes, forward.classes), per_split), 1)
-    return Plan(forward, splits, per_split, backward)
+def plan(rows: int, classes: int, device: torch.device, dtype: torch.dtype) -> Plan:
+    """The tiles (``_generic._tiles``): the interpreter's on the CPU, else the GPU's, with the
+    device's multiprocessors."""
+    return tile_plan(
+        rows,
+        classes,
+        float32=dtype == torch.float32,
+        interpret=device.type == "cpu",
+        processors=_processors(device),
+    )
 
 
 @triton.jit
@@ -294,7 +262,7 @@ def linear_cross_entropy_rows(
     hidden, weight, bias, target, class_weight = _operands(
         hidden, weight, bias, target, class_weight
     )
-    p = plan(rows, dim, classes, hidden.device.type, hidden.dtype, _processors(hidden.device))
+    p = plan(rows, classes, hidden.device, hidden.dtype)
     blocks, smoothing_on = p.forward, smoothing != 0.0
     parts = torch.empty((5 if smoothing_on else 3, rows, p.splits), dtype=f32, device=device)
     grid = (triton.cdiv(rows, blocks.rows) * p.splits,)

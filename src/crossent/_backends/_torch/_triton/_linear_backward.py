@@ -27,15 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._linear import (
-    GROUP,
-    _grouped,
-    _logits,
-    _operands,
-    _processors,
-    linear_cross_entropy_rows,
-    plan,
-)
+from ...._generic._tiles import GROUP
+from ._cross_entropy import _gradient
+from ._linear import _grouped, _logits, _operands, linear_cross_entropy_rows, plan
 from ._math import _quiet, _rounded
 
 __all__ = ["linear_cross_entropy_rows_backward"]
@@ -105,14 +99,13 @@ def _backward(
         HAS_BIAS, HAS_SOFTCAP, UPCAST, BLOCK_N, BLOCK_V, BLOCK_D,
     )  # fmt: skip
     p = tl.exp((x - m[:, None]) - log_d[:, None])  # as log_softmax: exact for large logits
-    at_target = cols[None, :] == safe[:, None]
-    dx = p_coefficient[:, None] * p - tl.where(at_target, target_coefficient[:, None], 0.0)
-    if SMOOTHING:
-        w = tl.load(weight_ptr + cols, mask=col_in, other=0.0) if HAS_WEIGHT else 1.0
-        dx -= smoothing / n_cols * w
-    if HAS_SOFTCAP:
-        t = x / softcap
-        dx *= (1.0 - t) * (1.0 + t)
+    w = 1.0
+    if SMOOTHING and HAS_WEIGHT:
+        w = tl.load(weight_ptr + cols, mask=col_in, other=0.0)[None, :]
+    dx = _gradient(
+        x, p, cols[None, :] == safe[:, None], p_coefficient[:, None],
+        target_coefficient[:, None], w, smoothing, n_cols, softcap, SMOOTHING, HAS_SOFTCAP,
+    )  # fmt: skip
     dx = tl.where(row_in[:, None] & col_in[None, :], g[:, None] * dx, 0.0)
     dx = _rounded(dx, h_ptr.dtype.element_ty)  # the dense backward's gradient of the logits
     if WANT_B:
@@ -174,7 +167,7 @@ def linear_cross_entropy_rows_backward(
         total = None
         if smoothing != 0.0 and class_weight is not None:
             total = class_weight.sum(dtype=torch.float32).reshape(1)
-        p = plan(rows, dim, classes, hidden.device.type, hidden.dtype, _processors(hidden.device))
+        p = plan(rows, classes, hidden.device, hidden.dtype)
         blocks = p.backward
         grid = (triton.cdiv(rows, blocks.rows) * triton.cdiv(classes, blocks.classes),)
         with _quiet(hidden):
