@@ -79,11 +79,13 @@ def tests(session: nox.Session, backend: str, device: str) -> None:
     env = _prepare(session, backend, device)
     args = list(session.posargs) or list(matrix.session(backend, device).tests)
     if backend == "numpy" and not args:
-        # the docstrings' examples too; the torch, JAX and Dask kernels import their framework
+        # the docstrings' examples too; the torch, JAX (Pallas) and Dask kernels import their
+        # framework
         args = ["tests", "--doctest-modules", "src/crossent"]
         args += ["--ignore=src/crossent/_backends/_torch"]  # a package: all its modules
         args += ["--ignore=src/crossent/_backends/_torch_distributed.py"]
         args += ["--ignore=src/crossent/_backends/_jax.py"]
+        args += ["--ignore=src/crossent/_backends/_pallas.py"]
         args += ["--ignore=src/crossent/_backends/_dask.py"]
         # Keras, transformers: the docs build runs their examples
         args += ["--ignore=src/crossent/keras.py", "--ignore=src/crossent/transformers.py"]
